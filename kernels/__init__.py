@@ -1,0 +1,1 @@
+"""onnxcomp's custom operators: their schema (``schema.py``) and, later, reference and native implementations."""

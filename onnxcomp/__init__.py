@@ -1,0 +1,1 @@
+"""onnxcomp: compress exported ONNX models."""

@@ -1,0 +1,3 @@
+from onnxcomp.cli import main
+
+main()

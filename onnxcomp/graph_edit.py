@@ -1,0 +1,43 @@
+"""Small, checked edits of an onnx-graphsurgeon graph shared by the passes.
+
+graphsurgeon keeps producer/consumer links in sync when a node's input list is edited; these helpers only
+add the rules every pass would otherwise repeat (graph outputs keep their names; a removed node is detached
+from its tensors).
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def replace_uses(old: gs.Tensor, new: gs.Tensor) -> int:
+    """Make every consumer of ``old`` (subgraph nodes included) read ``new``; return how many inputs changed."""
+    count = 0
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+                count += 1
+    return count
+
+
+def detach(graph: gs.Graph, node: gs.Node) -> None:
+    """Remove a node from its graph and from its tensors' producer/consumer lists."""
+    node.inputs.clear()
+    node.outputs.clear()
+    graph.nodes.remove(node)
+
+
+def single_consumer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.outputs[0] if len(tensor.outputs) == 1 else None
+
+
+def node_label(node: gs.Node) -> str:
+    """A name for reports: the node's name, or its op and first output when the exporter left it unnamed."""
+    if node.name:
+        return node.name
+    return f"{node.op}:{node.outputs[0].name}" if node.outputs else node.op

@@ -1,0 +1,276 @@
+"""Loading and saving ONNX models without losing anything the user's exporter wrote.
+
+A :class:`Model` is an onnx-graphsurgeon graph (the mutable IR the passes work on) plus the *shell* of the
+original ModelProto: every model-level field (metadata_props, doc_string, producer, model_version, domain,
+opset imports, local functions, training info) is kept verbatim and written back on save. graphsurgeon does
+not carry node doc strings or node metadata_props, so they are stashed by each node's first output name (node
+outputs are unique in SSA form) and restored on export.
+
+Untouched weights are written back as the very TensorProto that was read (graphsurgeon keeps lazy values), so a
+load -> save round trip is bit-exact in its weights. Saving writes the lowest IR version that the model's opsets
+and data types allow, so older onnxruntime builds can load the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from onnxcomp.errors import ModelLoadError, OutputError
+from onnxcomp.fileio import atomic_dir, atomic_path, check_output_path
+
+# Protobuf cannot serialise a message over 2 GiB; above this many tensor bytes, weights go to external data.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# The lowest IR version onnxcomp writes: IR 3 required every initializer to be listed as a graph input.
+_MIN_IR_VERSION = 4
+# IR versions that introduced element types (int4/uint4: IR 10; float8: IR 9; float4: IR 11).
+_DTYPE_MIN_IR = {
+    onnx.TensorProto.INT4: 10,
+    onnx.TensorProto.UINT4: 10,
+    onnx.TensorProto.FLOAT8E4M3FN: 9,
+    onnx.TensorProto.FLOAT8E4M3FNUZ: 9,
+    onnx.TensorProto.FLOAT8E5M2: 9,
+    onnx.TensorProto.FLOAT8E5M2FNUZ: 9,
+    onnx.TensorProto.FLOAT4E2M1: 11,
+}
+
+
+class Model:
+    """A loaded model: ``graph`` (onnx-graphsurgeon) is what passes change; the rest is kept as read."""
+
+    def __init__(self, proto: onnx.ModelProto, path: Path | None = None):
+        _validate_structure(proto, path)
+        self.path = path
+        self.graph: gs.Graph = gs.import_onnx(proto)
+        self._shell = _without_graph(proto)
+        self._graph_doc = proto.graph.doc_string
+        self._node_extras = {
+            key: (node.doc_string, list(node.metadata_props))
+            for key, node in _walk_nodes_proto(proto.graph)
+            if node.doc_string or len(node.metadata_props)
+        }
+
+    # -- loading -----------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str | os.PathLike | onnx.ModelProto | bytes | Model) -> Model:
+        """Load from a path, serialized bytes or a ModelProto (copied: the caller's object is never changed)."""
+        if isinstance(source, Model):
+            return cls(source.to_proto(), source.path)
+        if isinstance(source, onnx.ModelProto):
+            proto = onnx.ModelProto()
+            proto.CopyFrom(source)
+            return cls(proto)
+        if isinstance(source, bytes):
+            return cls(_parse(source, "<bytes>"))
+        path = Path(source)
+        if not path.exists():
+            raise ModelLoadError(f"model file {path} does not exist")
+        if path.is_dir():
+            raise ModelLoadError(f"model path {path} is a folder, not an .onnx file")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from None
+        proto = _parse(data, str(path))
+        if _uses_external_data(proto):
+            try:
+                onnx.load_external_data_for_model(proto, str(path.parent))
+            except (OSError, ValueError, onnx.checker.ValidationError) as e:
+                raise ModelLoadError(f"cannot read the external data of {path}: {e}") from None
+        return cls(proto, path)
+
+    # -- the pieces passes and reports use -----------------------------------------------------------------
+    @property
+    def opsets(self) -> dict[str, int]:
+        return {o.domain or "": o.version for o in self._shell.opset_import}
+
+    @property
+    def opset(self) -> int:
+        """The default-domain (ai.onnx) opset version."""
+        ops = self.opsets
+        return ops.get("", ops.get("ai.onnx", 1))
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {p.key: p.value for p in self._shell.metadata_props}
+
+    def graphs(self) -> Iterator[gs.Graph]:
+        """The main graph and every subgraph (If/Loop/Scan bodies), outermost first."""
+        return iter_graphs(self.graph)
+
+    def copy(self) -> Model:
+        return Model(self.to_proto(), self.path)
+
+    # -- saving --------------------------------------------------------------------------------------------
+    def to_proto(self) -> onnx.ModelProto:
+        """Export to a fresh ModelProto with the original model-level fields restored."""
+        graph_proto = gs.export_onnx(self.graph, do_type_check=False).graph
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._shell)
+        proto.graph.CopyFrom(graph_proto)
+        proto.graph.doc_string = self._graph_doc
+        for key, node in _walk_nodes_proto(proto.graph):
+            extra = self._node_extras.get(key)
+            if extra:
+                node.doc_string = extra[0]
+                del node.metadata_props[:]
+                node.metadata_props.extend(extra[1])
+        _add_missing_opsets(proto)
+        proto.ir_version = lowest_ir_version(proto)
+        return proto
+
+    def save(self, path: str | os.PathLike, external_data: bool | None = None) -> Path:
+        """Write atomically. ``external_data=None`` chooses external data only when the model needs it (>2 GB)."""
+        return save_proto(self.to_proto(), path, external_data=external_data, source=self.path)
+
+
+def save_proto(
+    proto: onnx.ModelProto,
+    path: str | os.PathLike,
+    external_data: bool | None = None,
+    source: Path | None = None,
+) -> Path:
+    """Write a ModelProto atomically (a temporary file renamed into place); never onto ``source``."""
+    path = check_output_path(path, source)
+    if external_data is None:
+        external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    try:
+        if external_data:
+            proto = copy.deepcopy(proto)  # conversion to external data rewrites the tensors in place
+            with atomic_dir(path) as tmp_dir:
+                onnx.save_model(
+                    proto,
+                    str(tmp_dir / path.name),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=path.name + ".data",
+                    size_threshold=1024,
+                )
+        else:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(proto.SerializeToString())
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def lowest_ir_version(proto: onnx.ModelProto) -> int:
+    """The lowest IR version that can hold this model: its opsets, its element types, its local functions."""
+    version = max(_MIN_IR_VERSION, onnx.helper.find_min_ir_version_for(list(proto.opset_import), True))
+    if len(proto.functions):
+        version = max(version, 8)
+    for tensor in _walk_tensors(proto.graph):
+        version = max(version, _DTYPE_MIN_IR.get(tensor.data_type, 0))
+    return version
+
+
+def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    yield graph
+    for node in graph.nodes:
+        for attr in node.attrs.values():
+            for sub in attr if isinstance(attr, list) else [attr]:
+                if isinstance(sub, gs.Graph):
+                    yield from iter_graphs(sub)
+
+
+# -- internals -------------------------------------------------------------------------------------------
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"{where} is not a valid ONNX model (corrupt or truncated: {e})") from None
+    return proto
+
+
+def _validate_structure(proto: onnx.ModelProto, path: Path | None) -> None:
+    """Cheap structural checks that catch non-ONNX and truncated files that protobuf happened to parse."""
+    where = str(path) if path else "the model"
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelLoadError(f"{where} is not an ONNX model (no graph or IR version)")
+    if not len(proto.opset_import):
+        raise ModelLoadError(f"{where} is not a valid ONNX model (no opset_import)")
+    if not len(proto.graph.output):
+        raise ModelLoadError(f"{where} is not a valid ONNX model (the graph has no outputs)")
+    _check_defined(proto.graph, set(), where)
+
+
+def _check_defined(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
+    known = set(outer)
+    known.update(i.name for i in graph.input)
+    known.update(t.name for t in graph.initializer)
+    known.update(t.values.name for t in graph.sparse_initializer)
+    for node in graph.node:
+        known.update(node.output)
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in known:
+                raise ModelLoadError(
+                    f"{where} is not a valid ONNX model: node {node.name or node.op_type!r} reads {name!r}, "
+                    "which nothing defines (truncated file or missing weights?)"
+                )
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                _check_defined(sub, known, where)
+    for out in graph.output:
+        if out.name not in known:
+            raise ModelLoadError(f"{where} is not a valid ONNX model: graph output {out.name!r} is never produced")
+
+
+def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    shell = onnx.ModelProto()
+    shell.CopyFrom(proto)
+    shell.ClearField("graph")
+    return shell
+
+
+def _walk_nodes_proto(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[str, onnx.NodeProto]]:
+    for i, node in enumerate(graph.node):
+        key = node.output[0] if len(node.output) and node.output[0] else f"{prefix}#{i}:{node.op_type}"
+        yield key, node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from _walk_nodes_proto(sub, key + "/")
+
+
+def _walk_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from _walk_tensors(sub)
+
+
+def _tensor_bytes(proto: onnx.ModelProto) -> int:
+    return sum(t.ByteSize() for t in _walk_tensors(proto.graph))
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _walk_tensors(proto.graph))
+
+
+def _add_missing_opsets(proto: onnx.ModelProto) -> None:
+    """A pass may introduce a node of a new domain (onnxcomp's own ops); declare that domain's opset."""
+    declared = {o.domain for o in proto.opset_import}
+    used: set[str] = set()
+
+    def collect(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            used.add(node.domain)
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                    collect(sub)
+
+    collect(proto.graph)
+    local_functions = {f.domain for f in proto.functions}
+    for domain in sorted(used - declared - local_functions - {"ai.onnx"}):
+        proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+

@@ -1,0 +1,134 @@
+"""What a model is made of: op histogram, size by section, and a per-layer table of weights.
+
+Sizes are real serialized bytes (``ByteSize`` of each protobuf part), not estimates:
+- ``float weights``: float tensors in initializers and Constant nodes (the weight table);
+- ``other tensors``: integer/bool tensors (shapes, indices, codebook indices once compression writes them);
+- ``metadata``: model metadata_props and doc strings;
+- ``graph``: everything else (nodes, names, value_info, opset imports).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from onnxcomp.model import Model
+from onnxcomp.weights import weight_table
+
+SECTIONS = ("float weights", "other tensors", "metadata", "graph")
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+@dataclass
+class LayerRow:
+    layer: str
+    op: str
+    weight: str
+    role: str
+    shape: list[int]
+    params: int
+    bytes: int
+    dtype: str
+    sparsity: float
+
+
+def size_by_section(proto: onnx.ModelProto) -> dict[str, int]:
+    sizes = dict.fromkeys(SECTIONS, 0)
+    for tensor in _tensors(proto.graph):
+        key = "float weights" if tensor.data_type in _FLOAT_TYPES else "other tensors"
+        sizes[key] += _tensor_bytes(tensor)
+    sizes["metadata"] = sum(p.ByteSize() for p in proto.metadata_props) + len(proto.doc_string.encode())
+    total = proto.ByteSize() + sum(_external_bytes(t) for t in _tensors(proto.graph))
+    sizes["graph"] = max(0, total - sum(sizes.values()))
+    sizes["total"] = total
+    return sizes
+
+
+def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            counts[f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                    walk(sub)
+
+    walk(proto.graph)
+    return dict(counts.most_common())
+
+
+def layer_rows(model: Model) -> list[LayerRow]:
+    """One row per float weight, layer kernels first in graph order, then biases, norms and other constants."""
+    rows = []
+    for w in weight_table(model):
+        values = w.array
+        rows.append(LayerRow(
+            layer=w.layer,
+            op=w.primary.op if w.primary else "",
+            weight=w.name,
+            role=w.role,
+            shape=list(values.shape),
+            params=int(values.size),
+            bytes=int(values.nbytes),
+            dtype=str(values.dtype),
+            sparsity=float(1.0 - np.count_nonzero(values) / values.size) if values.size else 0.0,
+        ))
+    order = {"weight": 0, "bias": 1, "norm": 2, "other": 3}
+    rows.sort(key=lambda r: order[r.role])
+    return rows
+
+
+def summarize(model: Model) -> dict:
+    """Everything ``onnxcomp inspect`` prints, as plain data."""
+    proto = model.to_proto()
+    rows = layer_rows(model)
+    weights = [r for r in rows if r.role == "weight"]
+    return {
+        "path": str(model.path) if model.path else None,
+        "ir_version": proto.ir_version,
+        "opsets": model.opsets,
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "inputs": [_value_info(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}],
+        "outputs": [_value_info(v) for v in proto.graph.output],
+        "metadata": model.metadata,
+        "ops": op_histogram(proto),
+        "size": size_by_section(proto),
+        "parameters": sum(r.params for r in rows),
+        "layer_parameters": sum(r.params for r in weights),
+        "layers": [asdict(r) for r in rows],
+    }
+
+
+def _value_info(v: onnx.ValueInfoProto) -> dict:
+    tt = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+    dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "?"
+    return {"name": v.name, "dtype": dtype, "shape": dims}
+
+
+def _tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from _tensors(sub)
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    return tensor.ByteSize() + _external_bytes(tensor)
+
+
+def _external_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return 0
+    entries = {e.key: e.value for e in tensor.external_data}
+    return int(entries.get("length", 0))

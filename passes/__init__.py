@@ -1,0 +1,12 @@
+"""The registry of passes: recipe name -> pass class. One pass per module in this package."""
+
+from __future__ import annotations
+
+from onnxcomp.passes.eliminate_dead import EliminateDead
+from onnxcomp.passes.eliminate_identity import EliminateIdentity
+from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
+from onnxcomp.passes.fold_constants import FoldConstants
+
+PASSES = {cls.name: cls for cls in (FoldConstants, EliminateIdentity, FoldBatchNorm, EliminateDead)}
+
+__all__ = ["PASSES", "EliminateDead", "EliminateIdentity", "FoldBatchNorm", "FoldConstants"]

@@ -1,0 +1,32 @@
+"""onnxcomp: graph-level compression of exported ONNX models."""
+
+from setuptools import setup
+
+setup(
+    name="onnxcomp",
+    version="0.1.0",
+    description="Framework-agnostic compression of exported ONNX models: pruning, weight sharing, quantization",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # passes/ and kernels/ live at the top of the repository but install inside the onnxcomp package.
+    packages=["onnxcomp", "onnxcomp.passes", "onnxcomp.kernels"],
+    package_dir={"onnxcomp": "onnxcomp", "onnxcomp.passes": "passes", "onnxcomp.kernels": "kernels"},
+    package_data={"onnxcomp": ["recipes/*.yaml"]},
+    install_requires=[
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "onnx-graphsurgeon>=0.5",
+        "numpy>=1.24",
+        "scikit-learn>=1.3",
+        "protobuf>=4.25",
+        "click>=8.1",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "rapidocr-onnxruntime==1.4.4"],
+        "dev": ["pytest>=7.4", "torch==2.13.0", "mlxtend>=0.23", "ruff"],
+    },
+    entry_points={"console_scripts": ["onnxcomp=onnxcomp.cli:main"]},
+)
