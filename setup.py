@@ -25,7 +25,8 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "rapidocr-onnxruntime==1.4.4"],
+        # rapidocr-onnxruntime (PP-OCRv4 test models) is installed with --no-deps: its own deps pull opencv.
+        "test": ["pytest>=7.4", "matplotlib>=3.7", "pillow>=10"],
         "dev": ["pytest>=7.4", "torch==2.13.0", "mlxtend>=0.23", "ruff"],
     },
     entry_points={"console_scripts": ["onnxcomp=onnxcomp.cli:main"]},

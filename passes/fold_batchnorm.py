@@ -4,6 +4,9 @@ With ``s = gamma / sqrt(var + eps)`` per output channel ``c``::
 
     W'[c] = W[c] * s[c]            b'[c] = (b[c] - mean[c]) * s[c] + beta[c]
 
+computed in the weight's precision and in the order onnxruntime's own Conv+BN fusion uses, so that the folded
+model is bit-identical to what onnxruntime ran for the original.
+
 For Gemm ``Y = alpha * A @ B + beta_g * C`` the bias becomes ``(beta_g * C - mean) * s + beta`` and beta_g = 1.
 For a grouped ConvTranspose (weight ``[Cin, Cout/g, k...]``) output channel ``c`` of input row ``i`` is
 ``(i // (Cin/g)) * (Cout/g) + c``.
@@ -78,10 +81,13 @@ def _refusal(graph: gs.Graph, bn: gs.Node) -> str | None:
 
 
 def _fold(graph: gs.Graph, bn: gs.Node, producer: gs.Node, names: set[str]) -> None:
-    gamma, beta, mean, var = (constant_value(t).astype(np.float64) for t in bn.inputs[1:5])
-    scale = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
     w = weight_of(producer.inputs[1])
-    kernel = w.array.astype(np.float64)
+    dtype = w.array.dtype
+    # Arithmetic in the weight's own precision and in onnxruntime's order (ConvBNFusion): the folded model then
+    # computes exactly what onnxruntime computed when it fused the original at load.
+    gamma, beta, mean, var = (constant_value(t).astype(dtype) for t in bn.inputs[1:5])
+    scale = gamma / np.sqrt(var + dtype.type(bn.attrs.get("epsilon", 1e-5)))
+    kernel = w.array
     op = producer.op
     if op == "Conv":
         kernel = kernel * scale.reshape((-1,) + (1,) * (kernel.ndim - 1))
@@ -93,16 +99,21 @@ def _fold(graph: gs.Graph, bn: gs.Node, producer: gs.Node, names: set[str]) -> N
     else:  # Gemm
         out_axis = 0 if int(producer.attrs.get("transB", 0)) else 1
         kernel = kernel * (scale[:, None] if out_axis == 0 else scale[None, :])
-    _store(producer, 1, kernel.astype(w.array.dtype), names)
+    _store(producer, 1, kernel.astype(dtype), names)
 
     has_bias = len(producer.inputs) > 2 and producer.inputs[2].name
-    bias = weight_of(producer.inputs[2]).array.astype(np.float64) if has_bias else np.zeros(1)
+    if has_bias:
+        bias = weight_of(producer.inputs[2]).array.astype(dtype)
+        if op == "Gemm":
+            bias = bias * dtype.type(producer.attrs.get("beta", 1.0))
+        new_bias = (bias - mean) * scale + beta
+    else:
+        new_bias = beta - mean * scale
     if op == "Gemm":
-        bias = bias * float(producer.attrs.get("beta", 1.0))
         producer.attrs["beta"] = 1.0
-    new_bias = ((bias - mean) * scale + beta).astype(w.array.dtype)
-    if op != "Gemm":
+    else:
         new_bias = new_bias.reshape(-1)
+    new_bias = new_bias.astype(dtype)
     if has_bias:
         _store(producer, 2, new_bias, names)
     else:
