@@ -259,7 +259,7 @@ def _conform(value: np.ndarray, spec: InputSpec, i: int) -> np.ndarray:
                 f"calibration feed {i}: input '{spec.name}' is {value.dtype} but the model expects {spec.dtype}"
             )
         value = value.astype(spec.dtype)
-    return np.ascontiguousarray(value)
+    return np.asarray(value, order="C")
 
 
 def _fmt_shape(shape: tuple) -> str:

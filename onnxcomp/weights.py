@@ -63,7 +63,7 @@ class Weight:
 
     def set(self, values: np.ndarray) -> None:
         """Replace the values (dtype is kept unless the caller passes another float dtype on purpose)."""
-        self.tensor.values = np.ascontiguousarray(values)
+        self.tensor.values = np.asarray(values, order="C")
 
     @property
     def shape(self) -> tuple[int, ...]:

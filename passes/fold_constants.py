@@ -76,7 +76,7 @@ class FoldConstants(Pass):
             if value.nbytes > limit:
                 result.skipped.append((tensor.name, f"folded value ({value.nbytes} B) larger than its inputs"))
                 continue
-            const = gs.Constant(tensor.name, np.ascontiguousarray(value))
+            const = gs.Constant(tensor.name, np.asarray(value, order="C"))
             tensor.name = tensor.name + "__unfolded"  # the producer may stay if another output is kept
             replace_uses(tensor, const)
             result.modified = True

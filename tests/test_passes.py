@@ -230,3 +230,23 @@ def test_eliminate_dead() -> None:
 
     model2, result2 = _apply(out, EliminateDead())
     assert not result2.modified
+
+
+def test_fold_constants_keeps_scalars_scalar() -> None:
+    """Regression: a 0-d Constant (a Gather index in PyTorch's LSTM exports) must stay 0-d when folded."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Constant", [], ["i"], value=numpy_helper.from_array(np.array(1, np.int64))),
+        helper.make_node("Gather", ["s", "i"], ["d"]),
+        helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Unsqueeze", ["d", "axes"], ["d1"]),
+        helper.make_node("Constant", [], ["minus1"], value=numpy_helper.from_array(np.array([-1], np.int64))),
+        helper.make_node("Concat", ["minus1", "d1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    proto = _model(nodes, [], [_vi("x", 2, 3)], [_vi("y", 2, 3)])
+    model, result = _apply(proto, FoldConstants())
+    assert result.modified and "Constant" not in _ops(model)
+    index = next(n for n in model.graph.nodes if n.op == "Gather").inputs[1]
+    assert index.values.shape == ()
+    _check_equal(proto, model, {"x": RNG.standard_normal((2, 3)).astype(np.float32)}, tol=0)
