@@ -22,8 +22,8 @@ import onnx
 
 from onnxcomp.calibration import CalibrationData, input_specs
 from onnxcomp.fidelity import FidelityReport, Metric, compare
-from onnxcomp.fileio import check_output_path, write_text_atomic
-from onnxcomp.model import Model, save_proto
+from onnxcomp.fileio import staged_dir
+from onnxcomp.model import Model, check_output_files, needs_external_data, save_proto, write_model
 from onnxcomp.pipeline import Pass, PassContext
 from onnxcomp.recipe import Recipe, load_recipe
 from onnxcomp.report import CompressReport, PassSummary
@@ -68,9 +68,9 @@ def compress(
     """Run a recipe on a model; with ``output``, write the model and its ``.report.json``/``.report.md``."""
     recipe = load_recipe(recipe)
     source_path = Path(source) if isinstance(source, (str, os.PathLike)) else None
-    if output is not None:  # fail before the work, not after it
-        output = check_output_path(output, source_path)
     model = Model.load(source)
+    if output is not None:  # fail before the work, not after it
+        output = check_output_files(output, False, model.source_files)
     reference = model.to_proto()
     size_before = size_by_section(reference)
     layers_before = layer_rows(model)
@@ -91,7 +91,7 @@ def compress(
         fidelity_data = f"{held_back.num_samples} seeded random samples (no calibration data)" if held_back else ""
         if held_back is None:
             notes.append("fidelity not measured: no calibration data and the inputs have free dimensions")
-    fidelity = compare(reference, result, held_back, metric) if held_back is not None else None
+    fidelity = compare(reference, result, held_back, metric, progress) if held_back is not None else None
 
     report = CompressReport(
         recipe=recipe.name,
@@ -109,9 +109,12 @@ def compress(
         notes=notes,
     )
     if output is not None:
-        save_proto(result, output, source=source_path)
-        write_text_atomic(f"{output}.report.json", report.to_json())
-        write_text_atomic(f"{output}.report.md", report.to_markdown())
+        external = needs_external_data(result)
+        check_output_files(output, external, model.source_files)
+        with staged_dir(output) as stage:  # model, data and reports appear together or not at all
+            write_model(result, stage / output.name, external)
+            (stage / f"{output.name}.report.json").write_text(report.to_json(), encoding="utf-8")
+            (stage / f"{output.name}.report.md").write_text(report.to_markdown(), encoding="utf-8")
     return CompressResult(model, report)
 
 

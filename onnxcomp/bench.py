@@ -60,9 +60,14 @@ def bench_feed(model_path: str, data: str | None = None, shapes: dict[str, list[
     model = Model.load(model_path)
     if data is not None:
         return CalibrationData.from_source(data, model, batch_size=1).feeds[0]
+    specs = input_specs(model)
+    unknown = sorted(set(shapes or {}) - {s.name for s in specs})
+    if unknown:
+        raise CalibrationError(f"--shape names unknown input '{unknown[0]}'; the model's inputs are "
+                               + ", ".join(repr(s.name) for s in specs))
     rng = np.random.default_rng(seed)
     feed = {}
-    for spec in input_specs(model):
+    for spec in specs:
         dims = list((shapes or {}).get(spec.name, spec.shape))
         if dims and not isinstance(dims[0], int):
             dims[0] = 1
@@ -75,4 +80,4 @@ def bench_feed(model_path: str, data: str | None = None, shapes: dict[str, list[
             feed[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
         else:
             feed[spec.name] = np.zeros(dims, dtype=spec.dtype)
-    return feed
+    return CalibrationData([feed]).checked(specs).feeds[0]  # rank and fixed dims, named on mismatch

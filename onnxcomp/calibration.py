@@ -18,6 +18,7 @@ memory stays bounded by one batch.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,8 @@ def _with_outputs(proto: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelP
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise CalibrationError(f"calibration file {path} is not an .npz archive (numpy.savez / savez_compressed)")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

@@ -6,7 +6,6 @@ output file. An unexpected failure is one line and exit code 1 (``ONNXCOMP_DEBUG
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -17,6 +16,7 @@ from onnxcomp import api
 from onnxcomp.bench import bench_feed, benchmark
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.recipe import builtin_recipes
+from onnxcomp.report import dumps_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,12 +28,13 @@ def cli() -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print the full summary as JSON.")
-@click.option("--layers", default=30, show_default=True, help="Layer rows to print (0: all).")
+@click.option("--layers", default=30, show_default=True, type=click.IntRange(min=0),
+              help="Layer rows to print (0: all).")
 def inspect(model: str, as_json: bool, layers: int) -> None:
     """Op histogram, size by section, parameters and bytes per layer."""
     info = api.inspect(model)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(dumps_json(info), nl=False)
         return
     click.echo(f"{info['path']}: IR {info['ir_version']}, opsets {info['opsets']}, producer '{info['producer']}'")
     for kind in ("inputs", "outputs"):
@@ -69,7 +70,8 @@ def compress(model: str, output: str, recipe: str, calib: str | None, seed: int,
         bar.update(1)
 
     try:
-        result = api.compress(model, recipe=recipe, calibration=calib, output=output, seed=seed, on_step=on_step)
+        result = api.compress(model, recipe=recipe, calibration=calib, output=output, seed=seed, on_step=on_step,
+                              progress=True)
     finally:
         bar.close()
     if not quiet:
@@ -87,7 +89,7 @@ def eval_(reference: str, candidate: str, data: str, as_json: bool) -> None:
     """Fidelity of CANDIDATE against REFERENCE (and accuracy when DATA has labels)."""
     report = api.evaluate(reference, candidate, data)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(dumps_json(report.to_dict()), nl=False)
     else:
         click.echo(f"{report.samples} samples")
         for line in report.lines():
@@ -98,13 +100,16 @@ def eval_(reference: str, candidate: str, data: str, as_json: bool) -> None:
 @click.argument("models", nargs=-1, required=True)
 @click.option("--data", default=None, help="Take the input from the first sample of this .npz.")
 @click.option("--shape", "shapes", multiple=True, help="Input shape for free dims, e.g. input=1x3x224x224.")
-@click.option("--rounds", default=30, show_default=True)
-@click.option("--warmup", default=3, show_default=True)
-@click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: default).")
+@click.option("--rounds", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0))
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+              help="onnxruntime intra-op threads (0: default).")
 def bench(models: tuple[str, ...], data: str | None, shapes: tuple[str, ...], rounds: int, warmup: int,
           threads: int) -> None:
     """onnxruntime latency medians, runs interleaved, with speed-up against the first MODEL."""
     feed = bench_feed(models[0], data, _parse_shapes(shapes))
+    for path in models[1:]:  # a missing or broken model fails here, with its name, not mid-benchmark
+        api.load(path)
     with tqdm(total=rounds, desc="bench", disable=None, file=sys.stderr, leave=False) as bar:
         rows = benchmark(list(models), feed, rounds, warmup, threads, progress=lambda _: bar.update(1))
     click.echo(f"{'model':<50} {'median ms':>10} {'p10':>9} {'p90':>9} {'speed-up':>9}")
@@ -124,9 +129,11 @@ def _parse_shapes(items: tuple[str, ...]) -> dict[str, list[int]]:
     for item in items:
         name, sep, dims = item.partition("=")
         try:
-            if not sep:
+            if not sep or not name:
                 raise ValueError
             shapes[name] = [int(d) for d in dims.lower().split("x")]
+            if any(d <= 0 for d in shapes[name]):
+                raise ValueError
         except ValueError:
             raise click.BadParameter(f"--shape {item!r}: expected NAME=D1xD2x..., e.g. input=1x3x224x224") from None
     return shapes

@@ -13,10 +13,12 @@ A user callback ``metric(ref_outputs, cand_outputs, labels) -> float`` adds a cu
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from onnxcomp.calibration import CalibrationData
 from onnxcomp.runtime import session
@@ -106,7 +108,13 @@ class _Acc:
 Metric = Callable[[list[np.ndarray], list[np.ndarray], "np.ndarray | None"], float]
 
 
-def compare(reference, candidate, data: CalibrationData, metric: Metric | None = None) -> FidelityReport:
+def compare(
+    reference,
+    candidate,
+    data: CalibrationData,
+    metric: Metric | None = None,
+    progress: bool = False,
+) -> FidelityReport:
     """Run both models (paths, ModelProtos or Models) on every feed and accumulate the figures above."""
     ref_sess, cand_sess = session(reference), session(candidate)
     names = [o.name for o in ref_sess.get_outputs()]
@@ -116,7 +124,8 @@ def compare(reference, candidate, data: CalibrationData, metric: Metric | None =
     accs = {n: _Acc() for n in names}
     correct_ref = correct_cand = labelled = 0
     custom = []
-    for i, feed in enumerate(data):
+    bar = tqdm(data, desc="fidelity", unit="batch", leave=False, file=sys.stderr, disable=None if progress else True)
+    for i, feed in enumerate(bar):
         ref = ref_sess.run(names, feed)
         cand = cand_sess.run(names, feed)
         for n, r, c in zip(names, ref, cand):

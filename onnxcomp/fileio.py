@@ -1,13 +1,15 @@
 """Output paths: checks made before any work starts, and atomic writes.
 
-A file onnxcomp writes appears complete or not at all: it is written under a temporary name in the target
-folder and renamed into place (``os.replace`` is atomic on one filesystem). A failed run leaves nothing behind.
+Files onnxcomp writes appear complete or not at all: they are written under their final names into a fresh
+staging folder beside the target and then renamed into place (``os.replace`` is atomic on one filesystem),
+the main file last. A failed run removes the staging folder and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,50 +38,39 @@ def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike) -> 
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure remove it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the user's usual mode
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
+def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder beside ``path``; on success its files move beside ``path`` (``path`` itself last).
 
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``path`` whose files are moved next to ``path`` on success.
-
-    Used for a model plus its external-data file: both are written into the folder under their final names,
-    then moved (data first, model last) so that a reader never sees a model whose data is missing.
+    Used for a model plus its external data and its reports: a reader never sees a model whose data or
+    report is missing. Filesystem errors become :class:`OutputError`.
     """
     path = Path(path)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent or "."))
+    folder = path.parent if str(path.parent) else Path(".")
     try:
-        yield tmp_dir
-        main = tmp_dir / path.name
-        for f in sorted(tmp_dir.iterdir(), key=lambda p: p == main):
-            os.replace(f, path.parent / f.name)
+        stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise OutputError(f"cannot write into {folder}: {e.strerror or e}") from None
+    try:
+        yield stage
+        mode = 0o666 & ~_umask()  # mkstemp/mkdtemp are private; outputs get the user's usual mode
+        files = sorted(stage.iterdir(), key=lambda f: f.name == path.name)
+        for f in files:
+            os.chmod(f, mode)
+        for f in files:
+            os.replace(f, folder / f.name)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        for f in tmp_dir.iterdir():
-            with contextlib.suppress(OSError):
-                f.unlink()
-        with contextlib.suppress(OSError):
-            tmp_dir.rmdir()
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    with staged_dir(path) as stage:
+        (stage / path.name).write_text(text, encoding="utf-8")
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")

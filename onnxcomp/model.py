@@ -23,7 +23,11 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from onnxcomp.errors import ModelLoadError, OutputError
-from onnxcomp.fileio import atomic_dir, atomic_path, check_output_path
+from onnxcomp.fileio import check_output_path, staged_dir
+
+# graphsurgeon prints its warnings (e.g. about bfloat16 tensors) on stdout, where they would corrupt
+# `inspect --json`; onnxcomp reports what matters itself.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 # Protobuf cannot serialise a message over 2 GiB; above this many tensor bytes, weights go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -44,24 +48,30 @@ _DTYPE_MIN_IR = {
 class Model:
     """A loaded model: ``graph`` (onnx-graphsurgeon) is what passes change; the rest is kept as read."""
 
-    def __init__(self, proto: onnx.ModelProto, path: Path | None = None):
+    def __init__(self, proto: onnx.ModelProto, path: Path | None = None, external_files: tuple[Path, ...] = ()):
         _validate_structure(proto, path)
         self.path = path
+        self.external_files = external_files  # the data files the model was read from: never overwritten
         self.graph: gs.Graph = gs.import_onnx(proto)
         self._shell = _without_graph(proto)
         self._graph_doc = proto.graph.doc_string
+        # Node doc strings and metadata follow the node object (a pass may rename a node's outputs).
         self._node_extras = {
-            key: (node.doc_string, list(node.metadata_props))
-            for key, node in _walk_nodes_proto(proto.graph)
-            if node.doc_string or len(node.metadata_props)
+            id(g_node): (g_node, p_node.doc_string, list(p_node.metadata_props))
+            for g_node, p_node in _pair_nodes(self.graph, proto.graph)
+            if p_node.doc_string or len(p_node.metadata_props)
         }
+        # Older exporters list initializers as graph inputs too; graphsurgeon drops those inputs on export.
+        inits = {t.name for t in proto.graph.initializer}
+        self._input_order = [vi.name for vi in proto.graph.input]
+        self._initializer_inputs = {vi.name for vi in proto.graph.input if vi.name in inits}
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
     def load(cls, source: str | os.PathLike | onnx.ModelProto | bytes | Model) -> Model:
         """Load from a path, serialized bytes or a ModelProto (copied: the caller's object is never changed)."""
         if isinstance(source, Model):
-            return cls(source.to_proto(), source.path)
+            return cls(source.to_proto(), source.path, source.external_files)
         if isinstance(source, onnx.ModelProto):
             proto = onnx.ModelProto()
             proto.CopyFrom(source)
@@ -78,12 +88,13 @@ class Model:
         except OSError as e:
             raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from None
         proto = _parse(data, str(path))
-        if _uses_external_data(proto):
+        external = _external_files(proto, path.parent)
+        if external:
             try:
                 onnx.load_external_data_for_model(proto, str(path.parent))
             except (OSError, ValueError, onnx.checker.ValidationError) as e:
                 raise ModelLoadError(f"cannot read the external data of {path}: {e}") from None
-        return cls(proto, path)
+        return cls(proto, path, external)
 
     # -- the pieces passes and reports use -----------------------------------------------------------------
     @property
@@ -105,7 +116,12 @@ class Model:
         return iter_graphs(self.graph)
 
     def copy(self) -> Model:
-        return Model(self.to_proto(), self.path)
+        return Model(self.to_proto(), self.path, self.external_files)
+
+    @property
+    def source_files(self) -> tuple[Path, ...]:
+        """The files this model was read from (the .onnx and its external data): outputs must not replace them."""
+        return ((self.path,) if self.path else ()) + self.external_files
 
     # -- saving --------------------------------------------------------------------------------------------
     def to_proto(self) -> onnx.ModelProto:
@@ -115,49 +131,75 @@ class Model:
         proto.CopyFrom(self._shell)
         proto.graph.CopyFrom(graph_proto)
         proto.graph.doc_string = self._graph_doc
-        for key, node in _walk_nodes_proto(proto.graph):
-            extra = self._node_extras.get(key)
-            if extra:
-                node.doc_string = extra[0]
-                del node.metadata_props[:]
-                node.metadata_props.extend(extra[1])
+        for g_node, p_node in _pair_nodes(self.graph, proto.graph):
+            extra = self._node_extras.get(id(g_node))
+            if extra and extra[0] is g_node:
+                p_node.doc_string = extra[1]
+                del p_node.metadata_props[:]
+                p_node.metadata_props.extend(extra[2])
+        _hoist_shared_initializers(proto.graph)
+        self._restore_initializer_inputs(proto.graph)
         _add_missing_opsets(proto)
         proto.ir_version = lowest_ir_version(proto)
         return proto
 
     def save(self, path: str | os.PathLike, external_data: bool | None = None) -> Path:
         """Write atomically. ``external_data=None`` chooses external data only when the model needs it (>2 GB)."""
-        return save_proto(self.to_proto(), path, external_data=external_data, source=self.path)
+        return save_proto(self.to_proto(), path, external_data=external_data, protect=self.source_files)
+
+    def _restore_initializer_inputs(self, graph: onnx.GraphProto) -> None:
+        """Put back initializers that the source listed as graph inputs (where they still exist), in order."""
+        if not self._initializer_inputs:
+            return
+        inits = {t.name: t for t in graph.initializer}
+        exported = {vi.name: vi for vi in graph.input}
+        ordered = []
+        for name in self._input_order:
+            if name in exported:
+                ordered.append(exported.pop(name))
+            elif name in self._initializer_inputs and name in inits:
+                t = inits[name]
+                ordered.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+        ordered.extend(exported.values())
+        del graph.input[:]
+        graph.input.extend(ordered)
 
 
 def save_proto(
     proto: onnx.ModelProto,
     path: str | os.PathLike,
     external_data: bool | None = None,
-    source: Path | None = None,
+    protect: tuple[Path, ...] = (),
 ) -> Path:
-    """Write a ModelProto atomically (a temporary file renamed into place); never onto ``source``."""
-    path = check_output_path(path, source)
-    if external_data is None:
-        external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
-    try:
-        if external_data:
-            proto = copy.deepcopy(proto)  # conversion to external data rewrites the tensors in place
-            with atomic_dir(path) as tmp_dir:
-                onnx.save_model(
-                    proto,
-                    str(tmp_dir / path.name),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=path.name + ".data",
-                    size_threshold=1024,
-                )
-        else:
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(proto.SerializeToString())
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    """Write a ModelProto atomically; never onto one of the ``protect`` files (the source and its data)."""
+    external = needs_external_data(proto) if external_data is None else external_data
+    path = check_output_files(path, external, protect)
+    with staged_dir(path) as stage:
+        write_model(proto, stage / path.name, external)
     return path
+
+
+def check_output_files(path: str | os.PathLike, external_data: bool, protect: tuple[Path, ...]) -> Path:
+    """Check the output path, and with external data its ``.data`` file too, against the source files."""
+    path = check_output_path(path, *protect)
+    data_path = path.parent / (path.name + ".data")
+    if external_data and any(data_path.resolve() == Path(p).resolve() for p in protect):
+        raise OutputError(f"writing {data_path} would replace the input model's external data file")
+    return path
+
+
+def write_model(proto: onnx.ModelProto, path: Path, external_data: bool) -> None:
+    """Write ``path`` and, with external data, ``path.data`` beside it (inside a staging folder)."""
+    if not external_data:
+        path.write_bytes(proto.SerializeToString())
+        return
+    proto = copy.deepcopy(proto)  # conversion to external data rewrites the tensors in place
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+
+
+def needs_external_data(proto: onnx.ModelProto) -> bool:
+    return _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
 
 
 def lowest_ir_version(proto: onnx.ModelProto) -> int:
@@ -230,13 +272,64 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     return shell
 
 
-def _walk_nodes_proto(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[str, onnx.NodeProto]]:
-    for i, node in enumerate(graph.node):
-        key = node.output[0] if len(node.output) and node.output[0] else f"{prefix}#{i}:{node.op_type}"
-        yield key, node
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield from _walk_nodes_proto(sub, key + "/")
+def _pair_nodes(graph: gs.Graph, proto: onnx.GraphProto) -> Iterator[tuple[gs.Node, onnx.NodeProto]]:
+    """graphsurgeon nodes with the proto nodes they were imported from or exported to (same order)."""
+    if len(graph.nodes) != len(proto.node):
+        return
+    for g_node, p_node in zip(graph.nodes, proto.node):
+        yield g_node, p_node
+        subgraphs = {a.name: ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+                     for a in p_node.attribute}
+        for name, value in g_node.attrs.items():
+            g_subs = value if isinstance(value, list) else [value]
+            g_subs = [g for g in g_subs if isinstance(g, gs.Graph)]
+            for g_sub, p_sub in zip(g_subs, subgraphs.get(name, [])):
+                yield from _pair_nodes(g_sub, p_sub)
+
+
+def _hoist_shared_initializers(root: onnx.GraphProto) -> None:
+    """One initializer per name, in the innermost graph that encloses all its readers.
+
+    graphsurgeon does not record which graph owns a constant; on export it writes an outer-scope weight into
+    every subgraph that reads it. ONNX names are unique across nested graphs, so equal names are one tensor.
+    """
+    graphs: dict[tuple, onnx.GraphProto] = {}
+    where: dict[str, list[tuple]] = {}
+
+    def walk(graph: onnx.GraphProto, key: tuple) -> None:
+        graphs[key] = graph
+        for t in graph.initializer:
+            where.setdefault(t.name, []).append(key)
+        for i, node in enumerate(graph.node):
+            for attr in node.attribute:
+                subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                for j, sub in enumerate(subs):
+                    walk(sub, key + ((i, attr.name, j),))
+
+    walk(root, ())
+    moves = {name: keys for name, keys in where.items() if len(keys) > 1}
+    if not moves:
+        return
+    removals: dict[tuple, set[str]] = {}
+    additions: dict[tuple, list[onnx.TensorProto]] = {}
+    for name, keys in moves.items():
+        common = keys[0]
+        for key in keys[1:]:
+            n = 0
+            while n < min(len(common), len(key)) and common[n] == key[n]:
+                n += 1
+            common = common[:n]
+        tensor = next(t for t in graphs[keys[0]].initializer if t.name == name)
+        additions.setdefault(common, []).append(copy.deepcopy(tensor))
+        for key in keys:
+            removals.setdefault(key, set()).add(name)
+    for key, names in removals.items():
+        graph = graphs[key]
+        kept = [t for t in graph.initializer if t.name not in names]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    for key, tensors in additions.items():
+        graphs[key].initializer.extend(tensors)
 
 
 def _walk_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -253,8 +346,14 @@ def _tensor_bytes(proto: onnx.ModelProto) -> int:
     return sum(t.ByteSize() for t in _walk_tensors(proto.graph))
 
 
-def _uses_external_data(proto: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _walk_tensors(proto.graph))
+def _external_files(proto: onnx.ModelProto, folder: Path) -> tuple[Path, ...]:
+    files = set()
+    for t in _walk_tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in t.external_data if e.key == "location"), None)
+            if location:
+                files.add((folder / location).resolve())
+    return tuple(sorted(files))
 
 
 def _add_missing_opsets(proto: onnx.ModelProto) -> None:

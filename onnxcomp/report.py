@@ -69,7 +69,7 @@ class CompressReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_jsonable, allow_nan=True) + "\n"
+        return dumps_json(self.to_dict())
 
     def to_text(self, max_layers: int = 40) -> str:
         return "\n".join(self._blocks(markdown=False, max_layers=max_layers)) + "\n"
@@ -154,6 +154,21 @@ def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     esc = [[str(x).replace("|", "\\|") for x in r] for r in rows]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in esc]
+
+
+def dumps_json(data: Any) -> str:
+    """Strict JSON (jq, JavaScript): infinities and NaN become the strings "inf", "-inf", "nan"."""
+    return json.dumps(_finite(data), indent=2, default=_jsonable, allow_nan=False) + "\n"
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _jsonable(x: Any) -> Any:

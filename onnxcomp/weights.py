@@ -209,6 +209,8 @@ def _layout(use: Use, rank: int) -> Layout | None:
         return Layout(rank - 2, rank - 1)
     if op in ("LSTM", "GRU", "RNN") and slot in (1, 2):
         return Layout(1, 2)
+    if op in ("LSTM", "GRU", "RNN") and slot == 3:
+        return Layout(1, None)  # [num_directions, 2 * gates * hidden]
     if _BIAS_SLOTS.get(op) == slot or (op in _NORM_OPS and slot >= 1):
         return Layout(0, None)
     return None

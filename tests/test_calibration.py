@@ -78,7 +78,7 @@ def test_unreadable_sources(tmp_path) -> None:
         CalibrationData.from_source(tmp_path / "missing.npz", _model())
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(CalibrationError, match="cannot read"):
+    with pytest.raises(CalibrationError, match="not an .npz archive"):
         CalibrationData.from_source(bad, _model())
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationError, match="no .npz"):
