@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,7 @@ def ctc_decode(probs: np.ndarray, characters: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- fonts
-@lru_cache(maxsize=None)
+@cache
 def _latin_fonts() -> tuple[str, ...]:
     import matplotlib
 
@@ -118,7 +118,7 @@ def _latin_fonts() -> tuple[str, ...]:
     return fonts
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cjk_font() -> str | None:
     """A system font file with CJK glyphs, or None (then lines are ASCII only)."""
     from matplotlib import font_manager

@@ -10,6 +10,11 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 
+def is_standard(node: gs.Node, *ops: str) -> bool:
+    """True for an ai.onnx-domain node (of one of ``ops``, when given): only these have known semantics."""
+    return node.domain in (None, "", "ai.onnx") and (not ops or node.op in ops)
+
+
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 

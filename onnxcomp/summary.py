@@ -85,6 +85,7 @@ def layer_rows(model: Model) -> list[LayerRow]:
 def summarize(model: Model) -> dict:
     """Everything ``onnxcomp inspect`` prints, as plain data."""
     proto = model.to_proto()
+    inits = {t.name for t in proto.graph.initializer}
     rows = layer_rows(model)
     weights = [r for r in rows if r.role == "weight"]
     return {
@@ -92,7 +93,7 @@ def summarize(model: Model) -> dict:
         "ir_version": proto.ir_version,
         "opsets": model.opsets,
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
-        "inputs": [_value_info(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}],
+        "inputs": [_value_info(v) for v in proto.graph.input if v.name not in inits],
         "outputs": [_value_info(v) for v in proto.graph.output],
         "metadata": model.metadata,
         "ops": op_histogram(proto),

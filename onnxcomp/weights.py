@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxcomp.graph_edit import is_standard
 from onnxcomp.model import Model, iter_graphs
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -133,12 +134,15 @@ def iter_weights(model: Model, role: str | None = None) -> Iterator[Weight]:
 def _held_tensor(tensor: gs.Tensor) -> tuple[gs.Constant, gs.Node | None] | None:
     if isinstance(tensor, gs.Constant):
         return tensor, None
-    if len(tensor.inputs) == 1:
-        producer = tensor.inputs[0]
-        if producer.op == "Constant" and producer.domain in (None, "", "ai.onnx"):
-            value = producer.attrs.get("value")
-            if isinstance(value, gs.Constant):
-                return value, producer
+    producer = _constant_node(tensor)
+    if producer is not None and isinstance(producer.attrs.get("value"), gs.Constant):
+        return producer.attrs["value"], producer
+    return None
+
+
+def _constant_node(tensor: gs.Tensor) -> gs.Node | None:
+    if len(tensor.inputs) == 1 and is_standard(tensor.inputs[0], "Constant"):
+        return tensor.inputs[0]
     return None
 
 
@@ -151,9 +155,7 @@ def _is_float(const: gs.Constant) -> bool:
 
 def is_constant(tensor: gs.Tensor) -> bool:
     """True when the tensor's value is known without running the graph (initializer or Constant output)."""
-    return isinstance(tensor, gs.Constant) or (
-        len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and tensor.inputs[0].domain in (None, "", "ai.onnx")
-    )
+    return isinstance(tensor, gs.Constant) or _constant_node(tensor) is not None
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:

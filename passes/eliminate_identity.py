@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_edit import detach, is_graph_output, node_label, replace_uses
+from onnxcomp.graph_edit import detach, is_graph_output, is_standard, node_label, replace_uses
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.weights import constant_value
@@ -40,7 +40,7 @@ class EliminateIdentity(Pass):
 
 
 def _refusal(node: gs.Node) -> str | None:
-    if node.domain not in (None, "", "ai.onnx") or node.op not in ("Identity", "Dropout"):
+    if not is_standard(node, "Identity", "Dropout"):
         return "not identity"
     if node.op == "Dropout":
         if len(node.outputs) > 1 and node.outputs[1].outputs:

@@ -27,7 +27,7 @@ import itertools
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_edit import detach, is_graph_output, node_label
+from onnxcomp.graph_edit import detach, is_graph_output, is_standard, node_label
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.weights import constant_value, weight_of
@@ -43,7 +43,7 @@ class FoldBatchNorm(Pass):
         result = PassResult(modified=False)
         names = {t for g in model.graphs() for t in g.tensors()}
         for graph in list(model.graphs()):
-            for bn in [n for n in graph.nodes if n.op == "BatchNormalization" and n.domain in (None, "", "ai.onnx")]:
+            for bn in [n for n in graph.nodes if is_standard(n, "BatchNormalization")]:
                 reason = _refusal(graph, bn)
                 if reason:
                     result.skipped.append((node_label(bn), reason))
@@ -67,7 +67,7 @@ def _refusal(graph: gs.Graph, bn: gs.Node) -> str | None:
     if len(x.inputs) != 1 or x.inputs[0] not in graph.nodes or x.inputs[0].op not in _FOLDABLE:
         return "input is not produced by a Conv, ConvTranspose or Gemm"
     producer = x.inputs[0]
-    if producer.domain not in (None, "", "ai.onnx"):
+    if not is_standard(producer):
         return "producer is not a standard op"
     if len(x.outputs) != 1 or is_graph_output(graph, x):
         return f"the {producer.op} output has other consumers or is a graph output"

@@ -26,7 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxcomp.graph_edit import detach, is_graph_output, node_label, replace_uses
+from onnxcomp.graph_edit import detach, is_graph_output, is_standard, node_label, replace_uses
 from onnxcomp.model import Model, lowest_ir_version
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.runtime import session
@@ -129,7 +129,7 @@ def _value_of(tensor: gs.Tensor, values: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _foldable(graph: gs.Graph, node: gs.Node, known: set[int]) -> bool:
-    if node.domain not in (None, "", "ai.onnx") or node.op in _NONDETERMINISTIC:
+    if not is_standard(node) or node.op in _NONDETERMINISTIC:
         return False
     if node.op.startswith(("Sequence", "Optional")) or node.op in ("SplitToSequence", "ConcatFromSequence"):
         return False

@@ -16,7 +16,7 @@ NAMES = list(builders.BUILDERS)
 CLASSIFIERS = {"resnet18", "resnet50", "mobilenetv2", "vgg16", "shufflenetv2"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small(name: str, batch: int | None = 1) -> onnx.ModelProto:
     return builders.BUILDERS[name](batch=batch, **builders.small_kwargs(name))
 

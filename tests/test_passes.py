@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxcomp.passes import EliminateDead, EliminateIdentity, FoldBatchNorm, FoldConstants
 
 from onnxcomp.model import Model
-from onnxcomp.passes import EliminateDead, EliminateIdentity, FoldBatchNorm, FoldConstants
 from onnxcomp.pipeline import PassContext
 from onnxcomp.weights import weight_table
 from tests.conftest import rel_err, run_ort
