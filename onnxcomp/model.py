@@ -207,7 +207,7 @@ def lowest_ir_version(proto: onnx.ModelProto) -> int:
     version = max(_MIN_IR_VERSION, onnx.helper.find_min_ir_version_for(list(proto.opset_import), True))
     if len(proto.functions):
         version = max(version, 8)
-    for tensor in _walk_tensors(proto.graph):
+    for tensor in walk_tensors(proto.graph):
         version = max(version, _DTYPE_MIN_IR.get(tensor.data_type, 0))
     return version
 
@@ -257,9 +257,8 @@ def _check_defined(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
                     f"{where} is not a valid ONNX model: node {node.name or node.op_type!r} reads {name!r}, "
                     "which nothing defines (truncated file or missing weights?)"
                 )
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                _check_defined(sub, known, where)
+        for sub in subgraphs(node):
+            _check_defined(sub, known, where)
     for out in graph.output:
         if out.name not in known:
             raise ModelLoadError(f"{where} is not a valid ONNX model: graph output {out.name!r} is never produced")
@@ -332,23 +331,33 @@ def _hoist_shared_initializers(root: onnx.GraphProto) -> None:
         graphs[key].initializer.extend(tensors)
 
 
-def _walk_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
+    for attr in node.attribute:
+        yield from [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
+
+
+def walk_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in a graph and its subgraphs: initializers, sparse ones, Constant-node values."""
     yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield attr.t
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield from _walk_tensors(sub)
+        for sub in subgraphs(node):
+            yield from walk_tensors(sub)
 
 
 def _tensor_bytes(proto: onnx.ModelProto) -> int:
-    return sum(t.ByteSize() for t in _walk_tensors(proto.graph))
+    return sum(t.ByteSize() for t in walk_tensors(proto.graph))
 
 
 def _external_files(proto: onnx.ModelProto, folder: Path) -> tuple[Path, ...]:
     files = set()
-    for t in _walk_tensors(proto.graph):
+    for t in walk_tensors(proto.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in t.external_data if e.key == "location"), None)
             if location:
@@ -364,9 +373,8 @@ def _add_missing_opsets(proto: onnx.ModelProto) -> None:
     def collect(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             used.add(node.domain)
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                    collect(sub)
+            for sub in subgraphs(node):
+                collect(sub)
 
     collect(proto.graph)
     local_functions = {f.domain for f in proto.functions}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from onnxcomp.model import Model
+from onnxcomp.model import Model, subgraphs, walk_tensors
 from onnxcomp.weights import weight_table
 
 SECTIONS = ("float weights", "other tensors", "metadata", "graph")
@@ -37,11 +37,11 @@ class LayerRow:
 
 def size_by_section(proto: onnx.ModelProto) -> dict[str, int]:
     sizes = dict.fromkeys(SECTIONS, 0)
-    for tensor in _tensors(proto.graph):
+    for tensor in walk_tensors(proto.graph):
         key = "float weights" if tensor.data_type in _FLOAT_TYPES else "other tensors"
         sizes[key] += _tensor_bytes(tensor)
     sizes["metadata"] = sum(p.ByteSize() for p in proto.metadata_props) + len(proto.doc_string.encode())
-    total = proto.ByteSize() + sum(_external_bytes(t) for t in _tensors(proto.graph))
+    total = proto.ByteSize() + sum(_external_bytes(t) for t in walk_tensors(proto.graph))
     sizes["graph"] = max(0, total - sum(sizes.values()))
     sizes["total"] = total
     return sizes
@@ -53,9 +53,8 @@ def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
     def walk(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             counts[f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                    walk(sub)
+            for sub in subgraphs(node):
+                walk(sub)
 
     walk(proto.graph)
     return dict(counts.most_common())
@@ -109,19 +108,6 @@ def _value_info(v: onnx.ValueInfoProto) -> dict:
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
     dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "?"
     return {"name": v.name, "dtype": dtype, "shape": dims}
-
-
-def _tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield from _tensors(sub)
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
