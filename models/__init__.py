@@ -1,0 +1,1 @@
+"""Bundled sample models, their data, and graph builders (not installed with onnxcomp)."""
