@@ -1,0 +1,155 @@
+"""Layer-input Gram matrices ("Hessians") from calibration data, for compensation and refinement passes.
+
+A Conv, Gemm or MatMul computes, for each output row ``r`` (an output channel) and each input patch ``x``
+(im2col for Conv), ``y_r = w_r . x``. Changing the weights by ``dW`` changes the outputs by ``dW X``, whose
+expected squared size is ``sum_r dw_r H dw_r^T`` with ``H = E[x x^T]`` (d x d, d = the fan-in). This ``H`` is the
+Hessian of the layer-wise reconstruction error used by OBS/SparseGPT/GPTQ (Frantar & Alistarh 2022/2023) and by
+least-squares centroid refinement.
+
+Grouped convolutions have one ``H`` per group: group ``g`` of the weight (rows ``g*R .. (g+1)*R``) sees only
+input channels ``g*Cg .. (g+1)*Cg``.
+
+``H`` is accumulated batch by batch (memory: one batch of patches plus the d x d sums); weights are processed
+in chunks so that the sums of one chunk stay under ``max_bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxcomp.calibration import CalibrationData, capture
+from onnxcomp.model import Model
+from onnxcomp.weights import Weight
+
+
+@dataclass
+class LayerHessian:
+    """``H`` of shape (groups, d, d), averaged over the calibration patches, and the weight's matrix view."""
+
+    op: str
+    shape: tuple[int, ...]
+    groups: int
+    H: np.ndarray
+    transposed: bool = False  # Gemm(transB=0) / MatMul kernels are stored [fan-in, out]
+    count: int = 0
+
+    def to_matrix(self, array: np.ndarray) -> np.ndarray:
+        """Weight in ONNX layout -> (groups, rows per group, d), columns in H's order."""
+        if self.op == "Conv":
+            return array.reshape(self.groups, self.shape[0] // self.groups, -1)
+        mat = array.T if self.transposed else array
+        return mat.reshape(1, mat.shape[0], mat.shape[1])
+
+    def from_matrix(self, mat: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_matrix`."""
+        if self.op == "Conv":
+            return mat.reshape(self.shape)
+        mat = mat.reshape(mat.shape[1], mat.shape[2])
+        return mat.T if self.transposed else mat
+
+
+def supports(w: Weight) -> bool:
+    """Whether an input Hessian is defined for this weight's (first) use."""
+    use = w.primary
+    if use is None or w.role != "weight":
+        return False
+    node = use.node
+    if node.op == "Conv" and use.slot == 1 and len(w.shape) in (3, 4):
+        return node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", b"NOTSET", b"VALID")
+    if node.op == "Gemm" and use.slot == 1 and not int(node.attrs.get("transA", 0)):
+        return True
+    return node.op == "MatMul" and use.slot == 1 and len(w.shape) == 2
+
+
+def collect_hessians(
+    model: Model,
+    weights: Sequence[Weight],
+    data: CalibrationData,
+    max_bytes: int = 1 << 30,
+) -> dict[str, LayerHessian]:
+    """``H`` for every supported weight (keyed by weight name), from the layer inputs on ``data``."""
+    todo = [w for w in weights if supports(w)]
+    out: dict[str, LayerHessian] = {}
+    chunk: list[Weight] = []
+    size = 0
+    for w in todo + [None]:
+        d2 = 0 if w is None else _fan_in(w) ** 2 * 8 * _groups(w)
+        if chunk and (w is None or size + d2 > max_bytes):
+            out.update(_collect(model, chunk, data))
+            chunk, size = [], 0
+        if w is not None:
+            chunk.append(w)
+            size += d2
+    return out
+
+
+def _collect(model: Model, weights: list[Weight], data: CalibrationData) -> dict[str, LayerHessian]:
+    hessians = {}
+    inputs = {}
+    for w in weights:
+        node = w.primary.node
+        groups = _groups(w)
+        d = _fan_in(w)
+        transposed = node.op == "MatMul" or (node.op == "Gemm" and not int(node.attrs.get("transB", 0)))
+        hessians[w.name] = LayerHessian(node.op, w.shape, groups, np.zeros((groups, d, d)), transposed)
+        inputs[w.name] = node.inputs[0].name
+
+    def on_batch(values: dict[str, np.ndarray]) -> None:
+        for w in weights:
+            h = hessians[w.name]
+            x = values[inputs[w.name]]
+            for g, patches in enumerate(_patches(w, x, h.groups)):
+                h.H[g] += patches.T.astype(np.float64) @ patches.astype(np.float64)
+            h.count += patches.shape[0]
+
+    capture(model, sorted(set(inputs.values())), data, on_batch)
+    for h in hessians.values():
+        h.H /= max(h.count, 1)
+    return hessians
+
+
+def _groups(w: Weight) -> int:
+    node = w.primary.node
+    return int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
+
+
+def _fan_in(w: Weight) -> int:
+    node = w.primary.node
+    if node.op == "Conv":
+        return int(np.prod(w.shape[1:]))
+    if node.op == "Gemm":
+        return w.shape[1] if int(node.attrs.get("transB", 0)) else w.shape[0]
+    return w.shape[0]  # MatMul: [K, N]
+
+
+def _patches(w: Weight, x: np.ndarray, groups: int) -> list[np.ndarray]:
+    """Per group, the (patches x d) matrix whose rows are the vectors each output row is dotted with."""
+    node = w.primary.node
+    if node.op != "Conv":
+        return [x.reshape(-1, x.shape[-1])]
+    kernel = w.shape[2:]
+    if len(kernel) == 1:  # Conv1d as Conv2d with height 1
+        x, kernel = x[:, :, None, :], (1, kernel[0])
+        attrs = {k: ([1] + list(v) if k in ("strides", "dilations") else v) for k, v in node.attrs.items()}
+        pads = list(node.attrs.get("pads", [0, 0]))
+        attrs["pads"] = [0, pads[0], 0, pads[1]]
+    else:
+        attrs = node.attrs
+    cols = _im2col(x, kernel, list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1])),
+                   list(attrs.get("pads", [0, 0, 0, 0])))  # (N, OH, OW, C, kh, kw)
+    n, oh, ow, c = cols.shape[:4]
+    cg = c // groups
+    return [cols[:, :, :, g * cg:(g + 1) * cg].reshape(n * oh * ow, -1) for g in range(groups)]
+
+
+def _im2col(x: np.ndarray, kernel, strides, dilations, pads) -> np.ndarray:
+    kh, kw = kernel
+    dh, dw = dilations
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (span_h, span_w), axis=(2, 3))
+    win = win[:, :, ::strides[0], ::strides[1], ::dh, ::dw]  # (N, C, OH, OW, kh, kw)
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5))

@@ -1,0 +1,70 @@
+"""Layer-input Hessians: trace(dW H dW^T) must equal the measured mean squared output change in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcomp.calibration import CalibrationData
+from onnxcomp.hessian import collect_hessians, supports
+from onnxcomp.model import Model
+from onnxcomp.weights import weight_table
+from tests.conftest import run_ort
+
+RNG = np.random.default_rng(0)
+
+
+def _model(node, w: np.ndarray, x_shape, y_shape):
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+CASES = [
+    ("conv", helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), (6, 4, 3, 3), (3, 4, 7, 7)),
+    ("conv-grouped-strided", helper.make_node("Conv", ["x", "w"], ["y"], group=2, strides=[2, 2], pads=[1, 0, 1, 0]),
+     (6, 2, 3, 3), (3, 4, 8, 8)),
+    ("conv-dilated", helper.make_node("Conv", ["x", "w"], ["y"], dilations=[2, 2]), (5, 3, 3, 3), (2, 3, 9, 9)),
+    ("depthwise", helper.make_node("Conv", ["x", "w"], ["y"], group=4, pads=[1, 1, 1, 1]), (4, 1, 3, 3), (2, 4, 6, 6)),
+    ("conv1d", helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1]), (5, 3, 3), (2, 3, 10)),
+    ("gemm-transB", helper.make_node("Gemm", ["x", "w"], ["y"], transB=1), (5, 7), (9, 7)),
+    ("gemm", helper.make_node("Gemm", ["x", "w"], ["y"]), (7, 5), (9, 7)),
+    ("matmul-3d", helper.make_node("MatMul", ["x", "w"], ["y"]), (7, 5), (2, 4, 7)),
+]
+
+
+@pytest.mark.parametrize("name, node, w_shape, x_shape", CASES, ids=[c[0] for c in CASES])
+def test_hessian_predicts_output_change(name, node, w_shape, x_shape) -> None:
+    w = RNG.standard_normal(w_shape).astype(np.float32)
+    proto = _model(node, w, list(x_shape), None)
+    model = Model.load(proto)
+    (weight,) = weight_table(model)
+    assert supports(weight)
+    x = RNG.standard_normal((4,) + tuple(x_shape)).astype(np.float32)
+    data = CalibrationData([{"x": xi} for xi in x])
+    h = collect_hessians(model, [weight], data)["w"]
+
+    dw = RNG.standard_normal(w_shape).astype(np.float32) * 0.1
+    mat = h.to_matrix(dw.astype(np.float64))
+    predicted = sum(np.trace(mat[g] @ h.H[g] @ mat[g].T) for g in range(h.groups))
+
+    moved = _model(node, w + dw, list(x_shape), None)
+    diffs = [run_ort(moved, {"x": xi})[0] - run_ort(proto, {"x": xi})[0] for xi in x]
+    diff = np.concatenate(diffs).astype(np.float64)
+    out_axis = -1 if node.op_type in ("Gemm", "MatMul") else 1
+    rows = diff.shape[out_axis]
+    measured = (np.moveaxis(diff, out_axis, -1).reshape(-1, rows) ** 2).sum(1).mean()
+    np.testing.assert_allclose(predicted, measured, rtol=1e-4)
+    np.testing.assert_array_equal(h.from_matrix(h.to_matrix(w)), w)
+
+
+def test_unsupported_weights_are_skipped() -> None:
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"])
+    model = Model.load(_model(node, RNG.standard_normal((3, 2, 2, 2)).astype(np.float32), [1, 3, 4, 4], None))
+    (weight,) = weight_table(model)
+    assert not supports(weight)
+    assert collect_hessians(model, [weight], CalibrationData([{"x": np.zeros((1, 3, 4, 4), np.float32)}])) == {}
