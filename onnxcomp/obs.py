@@ -1,0 +1,119 @@
+"""One-shot error compensation: Optimal Brain Surgeon updates of a layer's remaining weights.
+
+For a weight matrix ``W`` (rows = output channels, columns = fan-in) and the layer-input Hessian
+``H = E[x x^T]`` (see ``hessian.py``), removing or changing weights changes the outputs by ``dW X``. OBS
+(Hassibi & Stork 1993) compensates a change of weight ``j`` by moving the not-yet-processed weights of the
+same row along ``-H^{-1}[:, j] / H^{-1}[j, j]``. SparseGPT and GPTQ (Frantar & Alistarh 2022, 2023) make this
+fast by processing columns in order with the upper Cholesky factor ``U`` of ``H^{-1}`` (``H^{-1} = U^T U``)::
+
+    for column j:  q_j = target(w_j)            # 0 where pruned, or the quantized value
+                   e   = (w_j - q_j) / U[j, j]
+                   W[:, j+1:] -= e * U[j, j+1:]
+
+and in blocks of columns, so that most of the work is one matrix product per block. Columns whose input is
+always zero (``H[j, j] == 0``) carry no information: their weights are set to the target and ``H[j, j] = 1``.
+A dampening ``damp * mean(diag(H))`` on the diagonal keeps the inverse stable.
+
+The sequential update only moves weights to the right of a pruned one, so with a given (magnitude) mask it is
+not the least-squares optimum. Pruning therefore solves each row exactly when that is affordable: with kept set
+``K`` of row ``r``, the optimum of ``(w' - w) H (w' - w)^T`` subject to ``w'[not K] = 0`` is
+``w'_K = H_KK^{-1} H_K: w_r`` (one |K| x |K| solve per row), and falls back to the sequential form otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def inverse_cholesky(H: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """Upper Cholesky factor ``U`` of ``(H + damp * mean(diag H) * I)^{-1}``, with dead columns fixed."""
+    H = np.array(H, dtype=np.float64, copy=True)
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    diag = np.arange(H.shape[0])
+    H[diag, diag] += damp * float(np.mean(np.diag(H)))
+    for attempt in range(6):  # raise the dampening if H is numerically indefinite
+        try:
+            L = np.linalg.cholesky(H)
+            break
+        except np.linalg.LinAlgError:
+            H[diag, diag] += (10.0**attempt) * damp * float(np.mean(np.diag(H)))
+    else:  # pragma: no cover - only reachable with NaN input
+        raise np.linalg.LinAlgError("Hessian is not positive definite even after dampening")
+    Linv = np.linalg.inv(L)
+    Hinv = Linv.T @ Linv
+    return np.linalg.cholesky(Hinv).T
+
+
+def compensate(
+    W: np.ndarray,
+    H: np.ndarray,
+    target: Callable[[np.ndarray, int], np.ndarray],
+    damp: float = 0.01,
+    block: int = 128,
+) -> np.ndarray:
+    """Return ``W`` with every column replaced by ``target(column, j)`` and the error pushed onto later columns.
+
+    ``target`` sees the *updated* column (after earlier compensation) and returns what is stored: zeros where
+    pruned (pruning) or the nearest grid point (quantization).
+    """
+    W = np.array(W, dtype=np.float64, copy=True)
+    dead = np.diag(H) == 0
+    W[:, dead] = 0.0
+    U = inverse_cholesky(H, damp)
+    d = W.shape[1]
+    for start in range(0, d, block):
+        end = min(start + block, d)
+        Wb = W[:, start:end].copy()
+        Ub = U[start:end, start:end]
+        errors = np.zeros_like(Wb)
+        for i in range(end - start):
+            col = Wb[:, i]
+            q = target(col, start + i)
+            err = (col - q) / Ub[i, i]
+            Wb[:, i] = q
+            Wb[:, i + 1:] -= np.outer(err, Ub[i, i + 1:])
+            errors[:, i] = err
+        W[:, start:end] = Wb
+        W[:, end:] -= errors @ U[start:end, end:]
+    return W
+
+
+def prune_compensated(
+    W: np.ndarray,
+    H: np.ndarray,
+    keep: np.ndarray,
+    damp: float = 0.01,
+    block: int = 128,
+    exact_budget: float = 2e9,
+) -> np.ndarray:
+    """Zero the weights where ``keep`` is False and re-fit the kept ones to preserve the layer's output.
+
+    Exact per-row least squares when the solves cost at most ``exact_budget`` flops, else the sequential
+    SparseGPT update with the fixed mask.
+    """
+    keep = keep.astype(bool)
+    kept = keep.sum(axis=1).astype(np.float64)
+    if float(np.sum(kept**3) / 3 + kept.sum() * W.shape[1]) > exact_budget:
+        return compensate(W, H, lambda col, j: np.where(keep[:, j], col, 0.0), damp, block)
+    Hd = np.array(H, dtype=np.float64, copy=True)
+    dead = np.diag(Hd) == 0
+    diag = np.arange(Hd.shape[0])
+    Hd[diag, diag] += damp * float(np.mean(np.diag(Hd))) + dead
+    out = np.zeros(W.shape, dtype=np.float64)
+    for r in range(W.shape[0]):
+        k = np.flatnonzero(keep[r] & ~dead)
+        if k.size:
+            # The target keeps the undamped H so that the fit reproduces the layer's real output.
+            out[r, k] = np.linalg.solve(Hd[np.ix_(k, k)], H[k] @ W[r])
+    return out
+
+
+def output_error(W: np.ndarray, W_new: np.ndarray, H: np.ndarray) -> float:
+    """Relative output error ``trace(dW H dW^T) / trace(W H W^T)``."""
+    dW = W_new - W
+    num = float(np.einsum("rd,de,re->", dW, H, dW))
+    den = float(np.einsum("rd,de,re->", W, H, W))
+    return num / den if den > 0 else 0.0
