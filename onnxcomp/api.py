@@ -102,7 +102,7 @@ def compress(
         size_after=size_by_section(result),
         layers_before=layers_before,
         layers_after=layer_rows(model),
-        passes=[PassSummary(o.name, o.result.modified, o.result.records, o.result.skipped, o.seconds)
+        passes=[PassSummary(o.name, o.result.modified, o.result.records, o.result.skipped, o.seconds, o.result.summary)
                 for o in outcomes],
         fidelity=fidelity,
         fidelity_data=fidelity_data or "not measured",

@@ -24,6 +24,7 @@ class PassSummary:
     records: list[dict[str, Any]]
     skipped: list[tuple[str, str]]
     seconds: float
+    summary: str = ""
 
 
 @dataclass
@@ -105,6 +106,7 @@ class CompressReport:
         out += table(["pass", "changed", "layers", "skipped", "seconds"],
                      [[p.name, "yes" if p.modified else "no", str(len(p.records)), str(len(p.skipped)),
                        f"{p.seconds:.2f}"] for p in self.passes])
+        out += [f"{p.name}: {p.summary}" for p in self.passes if p.summary]
         out.append("")
         layers = self._layer_table()
         out.append(f"{head}Layers ({len(layers)} with kernels)")

@@ -6,7 +6,8 @@ from onnxcomp.passes.eliminate_dead import EliminateDead
 from onnxcomp.passes.eliminate_identity import EliminateIdentity
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
 from onnxcomp.passes.fold_constants import FoldConstants
+from onnxcomp.passes.prune_magnitude import PruneMagnitude
 
-PASSES = {cls.name: cls for cls in (FoldConstants, EliminateIdentity, FoldBatchNorm, EliminateDead)}
+PASSES = {cls.name: cls for cls in (FoldConstants, EliminateIdentity, FoldBatchNorm, EliminateDead, PruneMagnitude)}
 
-__all__ = ["PASSES", "EliminateDead", "EliminateIdentity", "FoldBatchNorm", "FoldConstants"]
+__all__ = ["PASSES", "EliminateDead", "EliminateIdentity", "FoldBatchNorm", "FoldConstants", "PruneMagnitude"]
