@@ -11,7 +11,9 @@ Rules:
    - ``auto`` (OLMP): per-layer sparsities minimising the number of stored weights subject to the fidelity
      bound (``metric``, ``max_drop``) on the calibration feeds, by negatively correlated search (``search.py``)
      started from a per-layer sensitivity scan (the largest sparsity each layer tolerates alone) scaled down
-     until the whole model is feasible.
+     until the whole model is feasible;
+   - ``uniform``: the largest single sparsity for every layer that keeps the same bound (bisection), the
+     baseline that ``auto`` is measured against.
 3. ``compensate``: the kept weights of each pruned layer are re-fitted to preserve the layer's output on the
    calibration inputs (``obs.py``: per-row least squares with the input Hessian), layer by layer in graph order,
    each layer seeing the already-compressed layers before it (no retraining). In ``auto`` mode candidates are
@@ -44,7 +46,7 @@ _CHEAP_FLOPS = 5e9  # compensation cost per candidate below which the search sco
 
 @dataclass(frozen=True)
 class MagnitudePruneConfig:
-    mode: Literal["auto", "global", "layer"] = "auto"
+    mode: Literal["auto", "uniform", "global", "layer"] = "auto"
     sparsity: float = 0.8
     layer_sparsity: dict[str, float] = field(default_factory=dict)
     quality: float | None = None
@@ -77,8 +79,9 @@ class PruneMagnitude(Pass):
     description = "magnitude pruning: global, per layer, or per-layer thresholds searched under a fidelity bound"
 
     def check_requirements(self, ctx: PassContext) -> None:
-        if (self.config.mode == "auto" or self.config.compensate) and ctx.calibration is None:
-            why = "auto thresholds" if self.config.mode == "auto" else "compensation"
+        searched = self.config.mode in ("auto", "uniform")
+        if (searched or self.config.compensate) and ctx.calibration is None:
+            why = f"{self.config.mode} thresholds" if searched else "compensation"
             raise PassError(f"pass '{self.name}' needs calibration data for {why}: pass --calib DATA "
                             "(or set mode: layer/global and compensate: false)")
 
@@ -94,7 +97,7 @@ class PruneMagnitude(Pass):
         elif cfg.mode == "layer":
             counts = [pruner.layer_count(i, cfg) for i in range(len(layers))]
         else:
-            counts = self._search(model, pruner, ctx, result)
+            counts = self._search(model, pruner, ctx, result, uniform=cfg.mode == "uniform")
         final = pruner.apply(model, counts, ctx.calibration if cfg.compensate else None, cfg.damp, ctx.seed)
         result.modified = any(c > 0 for c in counts)
         total = sum(w.size for w in layers)
@@ -106,7 +109,8 @@ class PruneMagnitude(Pass):
                                    "sparsity": k / w.size, "output_error": err})
         return result
 
-    def _search(self, model: Model, pruner: _Pruner, ctx: PassContext, result: PassResult) -> list[int]:
+    def _search(self, model: Model, pruner: _Pruner, ctx: PassContext, result: PassResult,
+                uniform: bool) -> list[int]:
         cfg = self.config
         bound = FidelityBound(cfg.metric, cfg.max_drop)
         evaluator = WeightEvaluator(model, [w.name for w in pruner.layers], ctx.calibration, bound)
@@ -129,6 +133,14 @@ class PruneMagnitude(Pass):
 
         n = len(pruner.layers)
         sizes = np.array([w.size for w in pruner.layers], dtype=np.float64)
+        if uniform:
+            lo, hi = 0.0, cfg.max_sparsity
+            for _ in range(10):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if violation(np.full(n, mid)) <= 0 else (lo, mid)
+            result.summary = (f"uniform: sparsity {lo:.3f} in {evaluator.evaluations} evaluations "
+                              f"({evaluator.metric} drop <= {cfg.max_drop})")
+            return [pruner.count(i, lo, _STEP) for i in range(n)]
         # Sensitivity: the largest scanned sparsity each layer tolerates alone bounds the search.
         limit = np.zeros(n)
         for i in range(n):
