@@ -102,7 +102,8 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData) -> dict
             h = hessians[w.name]
             x = values[inputs[w.name]]
             for g, patches in enumerate(_patches(w, x, h.groups)):
-                h.H[g] += patches.T.astype(np.float64) @ patches.astype(np.float64)
+                p32 = patches.astype(np.float32, copy=False)
+                h.H[g] += p32.T @ p32  # float32 GEMM per batch, float64 sums across batches
             h.count += patches.shape[0]
 
     capture(model, sorted(set(inputs.values())), data, on_batch)

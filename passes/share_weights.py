@@ -1,0 +1,259 @@
+"""Weight sharing: cluster each layer's weights into 2^bits values (Han et al., Deep Compression, ICLR 2016).
+
+Deep Compression's second stage replaces every weight of a layer by the nearest of ``k = 2^bits`` shared values
+(a per-layer codebook), so the layer stores ``bits``-bit indices plus ``k`` floats. The codebook is 1-D k-means
+of the layer's weights (:mod:`onnxcomp.kmeans1d`), initialised linearly between min and max as the paper
+recommends (large weights are rare but matter, and density-based or random initialisation leaves few centroids
+for them). Pruned weights (exact zeros) are not clustered and stay exactly 0.0: the sparse format stores them as
+gaps, not as indices, so they must not spend a centroid.
+
+Without retraining (the paper fine-tunes the centroids by gradient descent), the centroids are refined by least
+squares on calibration data instead. For fixed assignments a layer's output is linear in its centroids. With the
+weight viewed as a matrix ``W`` (rows = output channels, columns = fan-in in im2col order), the layer input's
+second moment ``H = E[x x^T]`` (:mod:`onnxcomp.hessian`) and ``A_r`` the (fan-in x k) one-hot assignment of row
+``r``, the shared weights are ``w'_r = A_r c`` and the expected squared output change is ::
+
+    L(c) = sum_r (w_r - A_r c)^T H (w_r - A_r c)
+    dL/dc = 0   <=>   G c = b,   G = sum_r A_r^T H A_r,   b = sum_r A_r^T H w_r
+
+a k x k system (summed over conv groups, each with its own ``H``). ``G_kl = <E_k H, E_l>`` where ``E_k`` is the
+0/1 mask of cluster ``k`` in the matrix view, so one sparse product ``E_k H`` per cluster gives a whole row of
+``G`` by a ``bincount`` over the labels and ``b_k = <E_k H, W>``: O(nnz(W) d) in all. The system is solved with a
+ridge towards the k-means centroids, ``(G + lambda D) c = b + lambda D c0`` with ``D = diag(G)`` (plus a floor),
+which keeps a centroid whose weights only ever see zero inputs (MNIST's border pixels) at its k-means value.
+Zeros are not in any cluster, so they stay zero.
+
+Rules:
+1. Fires on every weight-table entry with role ``weight`` (Conv/ConvTranspose/Gemm/MatMul kernels, LSTM/GRU/RNN
+   W and R), except those whose layer or weight name matches an ``exclude`` glob, those with fewer than
+   ``min_elements`` elements, non-float or non-finite tensors, and tensors that already hold at most ``k``
+   distinct nonzero values (each skip is recorded with its reason).
+2. ``k = 2^bits``; ``bits_per_layer`` maps layer or weight name globs to their own bits (first match wins).
+3. A weight used by several nodes is one tensor: it is clustered once (values only, no graph change); its
+   centroids are not refined because one input Hessian does not describe all its uses.
+4. With ``refine`` and calibration data, centroids of every layer whose input Hessian is defined (Conv with
+   explicit pads, Gemm, 2-D MatMul kernels) are refined; the Hessians all come from the unmodified model. Without
+   calibration data the pass still runs and records that refinement was skipped.
+5. Values are written back in the weight's own dtype; the tensor keeps its name and shape.
+
+Records, one per layer: bits, distinct nonzero values before and after, ``weight_err`` = ||W - W'|| / ||W||,
+and with a Hessian ``output_err_kmeans`` / ``output_err`` = trace((W - W') H (W - W')^T) / trace(W H W^T) for the
+k-means centroids and the refined ones.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse
+
+from onnxcomp.hessian import LayerHessian, collect_hessians
+from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
+from onnxcomp.model import Model
+from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.weights import Weight, weight_table
+
+_MAX_CHUNK = 1 << 24  # float64 entries of E_k H held at once (128 MiB)
+
+
+@dataclass(frozen=True)
+class ShareWeightsConfig:
+    bits: int = 5  # k = 2^bits shared values per layer
+    bits_per_layer: dict[str, int] = field(default_factory=dict)  # layer/weight name glob -> bits
+    init: Literal["linear", "random", "density", "exact"] = "linear"
+    refine: bool = True  # least-squares centroids on calibration data (skipped with a note without it)
+    exclude: tuple[str, ...] = ()  # layer/weight name globs left untouched
+    min_elements: int = 256  # smaller kernels are not worth a codebook
+    ridge: float = 1e-3  # refinement's pull towards the k-means centroids, relative to diag(G)
+
+    def __post_init__(self) -> None:
+        _check_bits("bits", self.bits)
+        for pattern, bits in self.bits_per_layer.items():
+            _check_bits(f"bits_per_layer[{pattern!r}]", bits)
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.min_elements < 0:
+            raise ValueError(f"min_elements must be >= 0, got {self.min_elements}")
+        if not self.ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+
+    def bits_for(self, w: Weight) -> int:
+        for pattern, bits in self.bits_per_layer.items():
+            if _matches(w, pattern):
+                return bits
+        return self.bits
+
+
+def _check_bits(what: str, bits: Any) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"{what} must be an integer from 1 to 8 (k = 2^bits shared values), got {bits!r}")
+
+
+def _matches(w: Weight, pattern: str) -> bool:
+    return fnmatchcase(w.layer, pattern) or fnmatchcase(w.name, pattern)
+
+
+@dataclass
+class _Plan:
+    """One weight to share: what the clustering decided, before anything is written."""
+
+    weight: Weight
+    bits: int
+    original: np.ndarray
+    mask: np.ndarray  # nonzero positions (the clustered ones)
+    clustering: Clustering
+    distinct_before: int
+
+
+class ShareWeights(Pass):
+    name = "share_weights"
+    Config = ShareWeightsConfig
+    description = "k-means weight sharing per layer (Deep Compression), centroids refined on calibration data"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        cfg = self.config
+        result = PassResult(modified=False)
+        plans = []
+        for w in weight_table(model):
+            plan = self._plan(w, ctx, result) if w.role == "weight" else None
+            if plan is not None:
+                plans.append(plan)
+
+        hessians: dict[str, LayerHessian] = {}
+        calibrated = cfg.refine and ctx.calibration is not None
+        if cfg.refine and plans and not calibrated:
+            result.skipped.append(("refinement", "no calibration data: centroids are the k-means means"))
+        if calibrated and plans:
+            # All Hessians come from the unmodified model (collected before any weight is written).
+            hessians = collect_hessians(model, [p.weight for p in plans if not p.weight.shared], ctx.calibration)
+
+        for plan in plans:
+            w = plan.weight
+            hessian = hessians.get(w.name)
+            if calibrated and w.shared:
+                result.skipped.append((w.name, f"refinement skipped: shared by {len(w.uses)} nodes"))
+            elif calibrated and hessian is None:
+                result.skipped.append((w.name, f"refinement skipped: no input Hessian for {w.primary.op}"))
+            result.records.append(self._apply(plan, hessian, result))
+            result.modified = True
+        bits = sorted({r["bits"] for r in result.records})
+        result.summary = (f"shared {len(result.records)} weights at {'/'.join(map(str, bits))} bits"
+                          if result.records else "no weight shared")
+        return result
+
+    def _plan(self, w: Weight, ctx: PassContext, result: PassResult) -> _Plan | None:
+        cfg = self.config
+        excluded = next((p for p in cfg.exclude if _matches(w, p)), None)
+        if excluded is not None:
+            result.skipped.append((w.name, f"excluded by name (pattern {excluded!r})"))
+            return None
+        array = w.array
+        if not np.issubdtype(array.dtype, np.floating):
+            result.skipped.append((w.name, f"not a float tensor ({array.dtype})"))
+            return None
+        if w.size < cfg.min_elements:
+            result.skipped.append((w.name, f"{w.size} elements < min_elements {cfg.min_elements}"))
+            return None
+        if not np.all(np.isfinite(array)):
+            result.skipped.append((w.name, "holds NaN or infinity"))
+            return None
+        bits = cfg.bits_for(w)
+        k = 1 << bits
+        mask = array != 0
+        nonzero = array[mask]
+        distinct = int(np.unique(nonzero).size)
+        if distinct <= k:
+            result.skipped.append((w.name, f"already has {distinct} distinct nonzero values <= k={k} ({bits} bits)"))
+            return None
+        # Seeded per weight name, so a weight's codebook does not depend on which other weights the model has.
+        seed = [ctx.seed, zlib.crc32(w.name.encode("utf-8"))]
+        clustering = kmeans1d(nonzero, k, cfg.init, seed=seed)
+        return _Plan(w, bits, array, mask, clustering, distinct)
+
+    def _apply(self, plan: _Plan, hessian: LayerHessian | None, result: PassResult) -> dict[str, Any]:
+        w, original, mask = plan.weight, plan.original, plan.mask
+        dtype = original.dtype
+        centroids = plan.clustering.centroids
+        record: dict[str, Any] = {"layer": w.layer, "weight": w.name, "bits": plan.bits,
+                                  "method": plan.clustering.method, "distinct_before": plan.distinct_before}
+        err_kmeans = err_refined = None
+        if hessian is not None:
+            labels = np.full(original.shape, centroids.size, dtype=np.int64)  # zeros: a dummy cluster
+            labels[mask] = plan.clustering.labels
+            kmeans_values = _values(original, mask, centroids, plan.clustering.labels, dtype)
+            err_kmeans = _output_err(hessian, original, kmeans_values)
+            if err_kmeans is None:
+                result.skipped.append((w.name, "refinement skipped: the layer's input is zero on the calibration data"))
+            else:
+                centroids = _refine(hessian, original, labels, centroids, self.config.ridge)
+
+        shared = _values(original, mask, centroids, plan.clustering.labels, dtype)
+        w.set(shared)
+        if err_kmeans is not None:
+            err_refined = _output_err(hessian, original, shared)
+        norm = float(np.linalg.norm(original.astype(np.float64)))
+        diff = float(np.linalg.norm(original.astype(np.float64) - shared.astype(np.float64)))
+        record.update({
+            "distinct_after": int(np.unique(shared[shared != 0]).size),
+            "weight_err": diff / norm if norm > 0 else 0.0,
+            "output_err_kmeans": err_kmeans,
+            "output_err": err_refined,
+        })
+        return record
+
+
+def _values(original: np.ndarray, mask: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+            dtype: np.dtype) -> np.ndarray:
+    """The shared tensor: centroids (in the weight's dtype) at the clustered positions, exact zeros elsewhere."""
+    out = np.zeros(original.shape, dtype=dtype)
+    out[mask] = centroids.astype(dtype)[labels]
+    return out
+
+
+def _output_err(h: LayerHessian, original: np.ndarray, shared: np.ndarray) -> float | None:
+    """trace((W - W') H (W - W')^T) / trace(W H W^T), summed over groups; None when the input is all zero."""
+    w = h.to_matrix(original.astype(np.float64))
+    e = w - h.to_matrix(shared.astype(np.float64))
+    num = sum(float(np.sum((e[g] @ h.H[g]) * e[g])) for g in range(h.groups))
+    den = sum(float(np.sum((w[g] @ h.H[g]) * w[g])) for g in range(h.groups))
+    return num / den if den > 0 else None
+
+
+def _refine(h: LayerHessian, original: np.ndarray, labels: np.ndarray, c0: np.ndarray, ridge: float) -> np.ndarray:
+    """Least-squares centroids for fixed assignments: solve (G + ridge D) c = b + ridge D c0 (module docstring)."""
+    k = c0.size
+    w_mat = h.to_matrix(original.astype(np.float64))  # (groups, rows, d)
+    l_mat = h.to_matrix(labels)
+    g_sys = np.zeros((k, k))
+    b_sys = np.zeros(k)
+    for g in range(h.groups):
+        lab = np.ascontiguousarray(l_mat[g])
+        rows, d = lab.shape
+        flat = lab.ravel()
+        live = flat < k  # zeros (label k) belong to no cluster
+        # E stacks the cluster masks: row (k * rows + r) of E is the 0/1 mask of cluster k in row r.
+        pos = np.flatnonzero(live)
+        e = scipy.sparse.csr_matrix(
+            (np.ones(pos.size), (flat[pos] * rows + pos // d, pos % d)), shape=(k * rows, d))
+        step = max(1, _MAX_CHUNK // max(rows * d, 1))
+        for k0 in range(0, k, step):
+            k1 = min(k, k0 + step)
+            f = np.asarray(e[k0 * rows:k1 * rows] @ h.H[g]).reshape(k1 - k0, rows * d)  # E_k H, flattened
+            # G[k, l] = sum of (E_k H) over the positions labelled l; the dummy label k collects the zeros.
+            idx = (np.arange(k1 - k0)[:, None] * (k + 1) + flat[None, :]).ravel()
+            g_sys[k0:k1] += np.bincount(idx, weights=f.ravel(), minlength=(k1 - k0) * (k + 1)).reshape(
+                k1 - k0, k + 1)[:, :k]
+            b_sys[k0:k1] += f @ w_mat[g].ravel()
+    diag = np.diag(g_sys).copy()
+    # The floor keeps a centroid whose inputs are always zero (diag 0, so no information) at its k-means value.
+    damp = ridge * (diag + 1e-9 * max(float(diag.mean()), 1e-300))
+    lhs = g_sys + np.diag(damp)
+    rhs = b_sys + damp * c0
+    try:
+        return np.linalg.solve(lhs, rhs)
+    except np.linalg.LinAlgError:  # ridge = 0 and a singular G
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
