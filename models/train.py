@@ -41,7 +41,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # (mean/std of load_digits().data / 16, rounded).
 DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760
 
-N_CALIB_SAVED = 256  # samples written to mnist_calib.npz
+N_CALIB_SAVED = 500  # samples written to mnist_calib.npz (all calibration samples)
 
 
 def seed_everything(seed: int) -> None:

@@ -188,15 +188,23 @@ def capture(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Run ``data`` through the model with ``tensors`` exposed as outputs; call ``on_batch`` per feed."""
-    proto = model.to_proto() if isinstance(model, Model) else model
-    proto = _with_outputs(proto, tensors)
-    sess = session(proto)
-    names = list(tensors)
-    for i, feed in enumerate(data):
-        values = sess.run(names, feed)
-        on_batch(dict(zip(names, values)))
+    for i, values in enumerate(iter_captures(model, tensors, data)):
+        on_batch(values)
         if progress:
             progress(i)
+
+
+def iter_captures(
+    model: Model | onnx.ModelProto,
+    tensors: Sequence[str],
+    data: CalibrationData,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The values of ``tensors`` for each feed of ``data``, one feed at a time."""
+    proto = model.to_proto() if isinstance(model, Model) else model
+    sess = session(_with_outputs(proto, tensors))
+    names = list(tensors)
+    for feed in data:
+        yield dict(zip(names, sess.run(names, feed)))
 
 
 def _with_outputs(proto: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:

@@ -6,6 +6,11 @@ expected squared size is ``sum_r dw_r H dw_r^T`` with ``H = E[x x^T]`` (d x d, d
 Hessian of the layer-wise reconstruction error used by OBS/SparseGPT/GPTQ (Frantar & Alistarh 2022/2023) and by
 least-squares centroid refinement.
 
+When earlier layers were already compressed, a layer sees inputs ``x~`` instead of ``x``. Given the original
+model as ``reference``, the cross moments ``C = E[x~ x^T]`` are collected too: the weights that best reproduce
+the ORIGINAL outputs from the compressed inputs are ``W C^T H~^{-1}`` (:meth:`LayerHessian.retarget`), so the
+error of upstream layers is corrected instead of carried forward.
+
 Grouped convolutions have one ``H`` per group: group ``g`` of the weight (rows ``g*R .. (g+1)*R``) sees only
 input channels ``g*Cg .. (g+1)*Cg``.
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcomp.calibration import CalibrationData, capture
+from onnxcomp.calibration import CalibrationData, iter_captures
 from onnxcomp.model import Model
 from onnxcomp.weights import Weight
 
@@ -35,6 +40,18 @@ class LayerHessian:
     H: np.ndarray
     transposed: bool = False  # Gemm(transB=0) / MatMul kernels are stored [fan-in, out]
     count: int = 0
+    C: np.ndarray | None = None  # E[x~ x^T] against a reference model's inputs, (groups, d, d)
+
+    def retarget(self, W: np.ndarray, damp: float = 0.01) -> np.ndarray:
+        """Matrix view ``W`` (groups, rows, d) -> the dense weights that best map x~ to the reference outputs."""
+        if self.C is None:
+            return W
+        out = np.empty_like(W, dtype=np.float64)
+        for g in range(self.groups):
+            H = self.H[g] + np.eye(self.H.shape[1]) * (damp * float(np.mean(np.diag(self.H[g]))) + 1e-12)
+            # W' H = W C^T  (rows: output channels)
+            out[g] = np.linalg.solve(H, self.C[g] @ W[g].T).T
+        return out
 
     def to_matrix(self, array: np.ndarray) -> np.ndarray:
         """Weight in ONNX layout -> (groups, rows per group, d), columns in H's order."""
@@ -69,8 +86,12 @@ def collect_hessians(
     weights: Sequence[Weight],
     data: CalibrationData,
     max_bytes: int = 1 << 30,
+    reference: Model | None = None,
 ) -> dict[str, LayerHessian]:
-    """``H`` for every supported weight (keyed by weight name), from the layer inputs on ``data``."""
+    """``H`` for every supported weight (keyed by weight name), from the layer inputs on ``data``.
+
+    With ``reference`` (the uncompressed model, same tensor names), also ``C`` against its layer inputs.
+    """
     todo = [w for w in weights if supports(w)]
     out: dict[str, LayerHessian] = {}
     chunk: list[Weight] = []
@@ -78,7 +99,7 @@ def collect_hessians(
     for w in todo + [None]:
         d2 = 0 if w is None else _fan_in(w) ** 2 * 8 * _groups(w)
         if chunk and (w is None or size + d2 > max_bytes):
-            out.update(_collect(model, chunk, data))
+            out.update(_collect(model, chunk, data, reference))
             chunk, size = [], 0
         if w is not None:
             chunk.append(w)
@@ -86,7 +107,8 @@ def collect_hessians(
     return out
 
 
-def _collect(model: Model, weights: list[Weight], data: CalibrationData) -> dict[str, LayerHessian]:
+def _collect(model: Model, weights: list[Weight], data: CalibrationData,
+             reference: Model | None) -> dict[str, LayerHessian]:
     hessians = {}
     inputs = {}
     for w in weights:
@@ -97,18 +119,27 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData) -> dict
         hessians[w.name] = LayerHessian(node.op, w.shape, groups, np.zeros((groups, d, d)), transposed)
         inputs[w.name] = node.inputs[0].name
 
-    def on_batch(values: dict[str, np.ndarray]) -> None:
+    names = sorted(set(inputs.values()))
+    if reference is not None:
+        for h in hessians.values():
+            h.C = np.zeros_like(h.H)
+        ref_iter = iter_captures(reference, names, data)
+    for values in iter_captures(model, names, data):
+        ref_values = next(ref_iter) if reference is not None else None
         for w in weights:
             h = hessians[w.name]
-            x = values[inputs[w.name]]
-            for g, patches in enumerate(_patches(w, x, h.groups)):
-                p32 = patches.astype(np.float32, copy=False)
+            patches = [p.astype(np.float32, copy=False) for p in _patches(w, values[inputs[w.name]], h.groups)]
+            for g, p32 in enumerate(patches):
                 h.H[g] += p32.T @ p32  # float32 GEMM per batch, float64 sums across batches
-            h.count += patches.shape[0]
-
-    capture(model, sorted(set(inputs.values())), data, on_batch)
+            if ref_values is not None:
+                ref = _patches(w, ref_values[inputs[w.name]], h.groups)
+                for g, p32 in enumerate(patches):
+                    h.C[g] += p32.T @ ref[g].astype(np.float32, copy=False)
+            h.count += patches[0].shape[0]
     for h in hessians.values():
         h.H /= max(h.count, 1)
+        if h.C is not None:
+            h.C /= max(h.count, 1)
     return hessians
 
 

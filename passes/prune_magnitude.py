@@ -19,6 +19,8 @@ Rules:
    each layer seeing the already-compressed layers before it (no retraining). In ``auto`` mode candidates are
    scored with compensation when that is cheap (Hessians of the original model), so the search sees what will
    be applied.
+4. The searches fit compensation on one part of the calibration feeds and check the bound on the other
+   (``validation`` share): compensation fitted and judged on the same samples looks better than it is.
 Pruned weights are exact zeros; storage (CSR, Huffman) is decided later by ``pack_weights``.
 """
 
@@ -59,6 +61,7 @@ class MagnitudePruneConfig:
     max_sparsity: float = 0.99
     population: int = 6
     generations: int = 15
+    validation: float = 0.5
 
     def __post_init__(self) -> None:
         for name, s in [("sparsity", self.sparsity), ("max_sparsity", self.max_sparsity),
@@ -69,6 +72,8 @@ class MagnitudePruneConfig:
             raise ValueError(f"quality must be >= 0, got {self.quality}")
         if self.max_drop < 0:
             raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
+        if not 0.0 < self.validation < 1.0:
+            raise ValueError(f"validation must be in (0, 1), got {self.validation}")
         if self.population < 2 or self.generations < 0:
             raise ValueError("population must be >= 2 and generations >= 0")
 
@@ -113,10 +118,11 @@ class PruneMagnitude(Pass):
                 uniform: bool) -> list[int]:
         cfg = self.config
         bound = FidelityBound(cfg.metric, cfg.max_drop)
-        evaluator = WeightEvaluator(model, [w.name for w in pruner.layers], ctx.calibration, bound)
+        fit, check = ctx.calibration.split(cfg.validation)
+        evaluator = WeightEvaluator(model, [w.name for w in pruner.layers], check, bound)
         hessians = {}
         if cfg.compensate and pruner.compensation_flops(0.8) < _CHEAP_FLOPS:
-            hessians = collect_hessians(model, pruner.layers, ctx.calibration)
+            hessians = collect_hessians(model, pruner.layers, fit)
         cache: dict[tuple[int, int], np.ndarray] = {}
 
         def weights_for(sparsities: np.ndarray) -> dict[str, np.ndarray]:
@@ -228,13 +234,15 @@ class _Pruner:
         return total
 
     def apply(self, model: Model, counts: list[int], calibration, damp: float, seed: int) -> list[float | None]:
-        """Prune every layer; with calibration, compensate in graph order on already-compressed inputs."""
+        """Prune every layer; with calibration, compensate in graph order on already-compressed inputs,
+        re-fitting each layer to the original model's outputs."""
         errors: list[float | None] = []
+        reference = model.copy() if calibration is not None else None
         for i, (w, k) in enumerate(zip(self.layers, counts)):
             keep = self.mask(i, k)
             hessian = None
             if calibration is not None and k > 0 and supports(w):
-                hessian = collect_hessians(model, [w], calibration).get(w.name)
+                hessian = collect_hessians(model, [w], calibration, reference=reference).get(w.name)
             if hessian is None:
                 w.set(np.where(keep, self.original[i], 0).astype(self.original[i].dtype))
                 errors.append(None)
@@ -248,7 +256,7 @@ class _Pruner:
 
 
 def _compensated(a: np.ndarray, keep: np.ndarray, hessian: LayerHessian, damp: float) -> np.ndarray:
-    W = hessian.to_matrix(a.astype(np.float64))
+    W = hessian.retarget(hessian.to_matrix(a.astype(np.float64)), damp)
     K = hessian.to_matrix(keep)
     out = np.stack([prune_compensated(W[g], hessian.H[g], K[g], damp) for g in range(hessian.groups)])
     return np.where(keep, hessian.from_matrix(out), 0).astype(a.dtype)
