@@ -1,4 +1,4 @@
-"""The ``onnxcomp`` command line: inspect, compress, eval, bench, recipes.
+"""The ``onnxcomp`` command line: inspect, compress, eval, bench, recipes, unpack.
 
 Every user error is one line on stderr (``onnxcomp: error: ...``) and exit code 2; no traceback, no partial
 output file. An unexpected failure is one line and exit code 1 (``ONNXCOMP_DEBUG=1`` shows the traceback).
@@ -123,6 +123,18 @@ def recipes() -> None:
     for name, description in builtin_recipes().items():
         click.echo(f"{name:<20} {description}")
 
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, help="Output .onnx path (must differ from MODEL).")
+def unpack(model: str, output: str) -> None:
+    """Decode packed weights (ai.onnxcomp.DecodeWeight) into float initializers: plain ONNX for any runtime."""
+    from onnxcomp.model import Model, save_proto
+    from onnxcomp.runtime import unpack as unpack_model
+
+    source = Model.load(model)
+    path = save_proto(unpack_model(source), output, protect=source.source_files)
+    click.echo(f"wrote {path} ({path.stat().st_size:,} B)")
 
 def _parse_shapes(items: tuple[str, ...]) -> dict[str, list[int]]:
     shapes = {}

@@ -30,3 +30,7 @@ class OutputError(OnnxcompError):
 
 class PassError(OnnxcompError):
     """A pass cannot run on this model (a requirement is missing)."""
+
+
+class CodecError(OnnxcompError):
+    """A packed weight cannot be encoded or decoded (a corrupt or truncated blob, an invalid Huffman table)."""

@@ -1,21 +1,33 @@
-"""onnxruntime sessions for what onnxcomp reads and writes.
+"""onnxruntime sessions for what onnxcomp reads and writes, packed weights included.
 
 :func:`session` builds a CPU session from a path, a ModelProto or a :class:`~onnxcomp.model.Model`, with
 onnxruntime's usual optimisations, and turns onnxruntime's refusal of a model into an :class:`OnnxcompError`.
 Models larger than protobuf's 2 GB limit are handed to onnxruntime by path.
+
+Packed models hold ``ai.onnxcomp.DecodeWeight`` nodes (a uint8 blob in, a float weight out; see
+``kernels/schema.py``). Their output never depends on the feeds, so :func:`unpack` runs each one once with the
+numpy reference (:mod:`onnxcomp.kernels.reference`) and puts the result back as a float initializer of the same
+name: the model becomes plain ONNX that stock onnxruntime runs. :func:`session` and :class:`InferenceSession`
+do this at load whenever a model holds such nodes.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
-from onnxcomp.errors import ModelLoadError
-from onnxcomp.model import EXTERNAL_DATA_THRESHOLD, Model, save_proto
+from onnxcomp.errors import CodecError, ModelLoadError
+from onnxcomp.kernels import reference, schema
+from onnxcomp.model import EXTERNAL_DATA_THRESHOLD, Model, save_proto, subgraphs
 
 
 def session_options(threads: int = 0, optimize: bool = True) -> ort.SessionOptions:
@@ -34,19 +46,177 @@ def session(
     threads: int = 0,
     optimize: bool = True,
 ) -> ort.InferenceSession:
+    return _create(model, threads, optimize)[0]
+
+
+class InferenceSession:
+    """onnxruntime's ``InferenceSession`` API (``run``, ``get_inputs``, ``get_outputs``) for any onnxcomp output.
+
+    Built from a path, a ModelProto or a :class:`Model`; packed weights are decoded once, here, and the session
+    then runs on stock onnxruntime. ``load_seconds`` is the whole construction, ``unpack_seconds`` its decoding.
+    """
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto | Model, threads: int = 0, optimize: bool = True):
+        start = time.perf_counter()
+        self._session, self.unpack_seconds = _create(model, threads, optimize)
+        self.load_seconds = time.perf_counter() - start
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, Any], run_options: Any = None) -> list:
+        return self._session.run(output_names, input_feed, run_options)
+
+    def get_inputs(self) -> list:
+        return self._session.get_inputs()
+
+    def get_outputs(self) -> list:
+        return self._session.get_outputs()
+
+    def __getattr__(self, name: str) -> Any:  # get_modelmeta, get_providers, ...: onnxruntime's own
+        return getattr(self._session, name)
+
+
+def unpack(model: str | os.PathLike | onnx.ModelProto | Model) -> onnx.ModelProto:
+    """The plain-ONNX equivalent: every ``ai.onnxcomp.DecodeWeight`` node replaced by its decoded initializer.
+
+    A malformed blob raises :class:`~onnxcomp.errors.CodecError` naming the weight. The caller's ModelProto is
+    not changed.
+    """
+    return _decode_packed(model, external=False)[0]
+
+
+def _create(model: str | os.PathLike | onnx.ModelProto | Model, threads: int,
+            optimize: bool) -> tuple[ort.InferenceSession, float]:
+    """The session and the seconds spent decoding packed weights."""
     so = session_options(threads, optimize)
+    decoded: list[ort.OrtValue] = []
+    seconds = 0.0
+    if _holds_packed_weights(model):
+        # Decoded main-graph weights go to onnxruntime as OrtValues over our numpy buffers (placeholders in the
+        # graph), so they never pass through protobuf: no 2 GB limit, no serialisation, no copies.
+        start = time.perf_counter()
+        model, arrays = _decode_packed(model, external=True)
+        decoded = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+        if decoded:
+            so.add_external_initializers(list(arrays), decoded)
+        seconds = time.perf_counter() - start
     try:
         if isinstance(model, (str, os.PathLike)):
-            return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"]), seconds
         proto = model.to_proto() if isinstance(model, Model) else model
         if proto.ByteSize() > EXTERNAL_DATA_THRESHOLD:
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_proto(proto, Path(tmp) / "model.onnx", external_data=True)
-                return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        else:
+            sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:
         if not type(e).__module__.startswith("onnxruntime"):  # onnxruntime's Fail, NoSuchFile, InvalidGraph ...
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"onnxruntime cannot load the model: {first}") from None
+    if decoded:
+        sess._onnxcomp_decoded = decoded  # onnxruntime reads these buffers: they live as long as the session
+    return sess, seconds
 
+
+def _decode_packed(model: str | os.PathLike | onnx.ModelProto | Model,
+                   external: bool) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy without DecodeWeight nodes; with ``external``, main-graph weights come back as arrays beside it."""
+    if isinstance(model, (str, os.PathLike, Model)):
+        proto = Model.load(model).to_proto() if not isinstance(model, Model) else model.to_proto()
+    else:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    blobs: set[str] = set()
+    arrays: dict[str, np.ndarray] | None = {} if external else None
+    _expand(proto.graph, {}, blobs, arrays)
+    _drop_unread(proto.graph, blobs)
+    if not any(n.domain == schema.DOMAIN for n in _all_nodes(proto.graph)):
+        kept = [o for o in proto.opset_import if o.domain != schema.DOMAIN]
+        del proto.opset_import[:]
+        proto.opset_import.extend(kept)
+    return proto, arrays or {}
+
+
+def _holds_packed_weights(model: str | os.PathLike | onnx.ModelProto | Model) -> bool:
+    if isinstance(model, Model):
+        return any(n.domain == schema.DOMAIN and n.op == schema.DECODE_OP for g in model.graphs() for n in g.nodes)
+    if isinstance(model, (str, os.PathLike)):
+        try:  # the graph only: external weights stay on disk for onnxruntime to read
+            model = onnx.load(str(model), load_external_data=False)
+        except Exception:  # not readable here: onnxruntime reports it in its own words
+            return False
+    return any(_is_decode(n) for n in _all_nodes(model.graph))
+
+
+def _is_decode(node: onnx.NodeProto) -> bool:
+    return node.domain == schema.DOMAIN and node.op_type == schema.DECODE_OP
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for sub in subgraphs(node):
+            yield from _all_nodes(sub)
+
+
+def _expand(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], blobs: set[str],
+            arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Replace this graph's DecodeWeight nodes by initializers; recurse into subgraphs with the visible tensors.
+
+    With ``arrays`` (main graph only), the initializer is an external-data placeholder and the decoded array
+    goes into ``arrays`` for onnxruntime's ``add_external_initializers``.
+    """
+    scope = dict(outer)
+    scope.update((t.name, t) for t in graph.initializer)
+    scope.update((n.output[0], a.t) for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                 for a in n.attribute if a.name == "value" and n.output)
+    kept, decoded = [], []
+    for node in graph.node:
+        if not _is_decode(node):
+            kept.append(node)
+            for sub in subgraphs(node):
+                _expand(sub, scope, blobs)  # subgraph weights: real initializers
+            continue
+        label = node.output[0] if node.output else node.name
+        if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in scope:
+            raise CodecError(f"malformed packed weight {label!r}: a DecodeWeight node must read one constant uint8 "
+                             f"blob (it reads {list(node.input)})")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        blob = numpy_helper.to_array(scope[node.input[0]])
+        weight = reference.decode_weight(blob, attrs.get(schema.DECODE_ATTR_SHAPE),
+                                         attrs.get(schema.DECODE_ATTR_DTYPE), name=label)
+        decoded.append(_placeholder(weight, node.output[0]) if arrays is not None else
+                       numpy_helper.from_array(weight, node.output[0]))
+        if arrays is not None:
+            arrays[node.output[0]] = weight
+        blobs.add(node.input[0])
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(decoded)
+
+
+def _placeholder(weight: np.ndarray, name: str) -> onnx.TensorProto:
+    """An initializer whose data onnxruntime takes from ``add_external_initializers``."""
+    tensor = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(weight.dtype),
+                              dims=weight.shape, data_location=onnx.TensorProto.EXTERNAL)
+    tensor.external_data.add(key="location", value="onnxcomp-decoded-weight")
+    return tensor
+
+
+def _drop_unread(graph: onnx.GraphProto, blobs: set[str]) -> None:
+    """Remove blob initializers (and Constant nodes) nothing reads any more, in every graph."""
+    read = {name for n in _all_nodes(graph) for name in n.input}
+
+    def walk(g: onnx.GraphProto) -> None:
+        read_here = read | {o.name for o in g.output}
+        dead = {name for name in blobs if name not in read_here}
+        for field, name_of in ((g.initializer, lambda t: t.name), (g.input, lambda i: i.name),
+                               (g.node, lambda n: n.output[0] if n.op_type == "Constant" and n.output else "")):
+            for i in reversed(range(len(field))):  # in place: no copy of the (large) tensors that stay
+                if name_of(field[i]) in dead:
+                    del field[i]
+        for n in g.node:
+            for sub in subgraphs(n):
+                walk(sub)
+
+    walk(graph)

@@ -2,7 +2,10 @@
 
 Sizes are real serialized bytes (``ByteSize`` of each protobuf part), not estimates:
 - ``float weights``: float tensors in initializers and Constant nodes (the weight table);
-- ``other tensors``: integer/bool tensors (shapes, indices, codebook indices once compression writes them);
+- ``packed weights``: uint8 blobs read by ``ai.onnxcomp.DecodeWeight`` (codec stacks: CSR, codebook, Huffman);
+- ``codebook indices``: narrow integer tensors (uint8, uint4, ...) that index a codebook through ``Gather``
+  (directly or through a Cast);
+- ``other tensors``: other integer/bool tensors (shapes, indices);
 - ``metadata``: model metadata_props and doc strings;
 - ``graph``: everything else (nodes, names, value_info, opset imports).
 """
@@ -15,10 +18,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
+from onnxcomp.kernels import schema
 from onnxcomp.model import Model, subgraphs, walk_tensors
 from onnxcomp.weights import weight_table
 
-SECTIONS = ("float weights", "other tensors", "metadata", "graph")
+SECTIONS = ("float weights", "packed weights", "codebook indices", "other tensors", "metadata", "graph")
+# Narrow integer types written for codebook indices (regular Gather indices are int32/int64).
+_INDEX_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT4, onnx.TensorProto.INT4,
+                onnx.TensorProto.INT8}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -37,14 +44,39 @@ class LayerRow:
 
 def size_by_section(proto: onnx.ModelProto) -> dict[str, int]:
     sizes = dict.fromkeys(SECTIONS, 0)
+    packed, indices = _encoded_tensor_names(proto.graph)
     for tensor in walk_tensors(proto.graph):
-        key = "float weights" if tensor.data_type in _FLOAT_TYPES else "other tensors"
+        if tensor.data_type in _FLOAT_TYPES:
+            key = "float weights"
+        else:
+            key = ("packed weights" if tensor.name in packed else
+                   "codebook indices" if tensor.name in indices and tensor.data_type in _INDEX_TYPES else
+                   "other tensors")
         sizes[key] += _tensor_bytes(tensor)
     sizes["metadata"] = sum(p.ByteSize() for p in proto.metadata_props) + len(proto.doc_string.encode())
     total = proto.ByteSize() + sum(_external_bytes(t) for t in walk_tensors(proto.graph))
     sizes["graph"] = max(0, total - sum(sizes.values()))
     sizes["total"] = total
     return sizes
+
+
+def _encoded_tensor_names(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
+    """Names of the blobs DecodeWeight nodes read, and of the tensors that index a Gather (maybe via a Cast)."""
+    packed, gather_indices, casts = set(), set(), {}
+
+    def walk(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            if node.domain == schema.DOMAIN and node.op_type == schema.DECODE_OP:
+                packed.update(node.input[:1])
+            elif node.op_type == "Gather" and len(node.input) > 1:
+                gather_indices.add(node.input[1])
+            elif node.op_type == "Cast" and node.input and node.output:
+                casts[node.output[0]] = node.input[0]
+            for sub in subgraphs(node):
+                walk(sub)
+
+    walk(graph)
+    return packed, gather_indices | {casts[name] for name in gather_indices if name in casts}
 
 
 def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:

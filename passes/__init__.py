@@ -6,8 +6,30 @@ from onnxcomp.passes.eliminate_dead import EliminateDead
 from onnxcomp.passes.eliminate_identity import EliminateIdentity
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
 from onnxcomp.passes.fold_constants import FoldConstants
+from onnxcomp.passes.pack_weights import PackWeights
 from onnxcomp.passes.prune_magnitude import PruneMagnitude
+from onnxcomp.passes.share_weights import ShareWeights
 
-PASSES = {cls.name: cls for cls in (FoldConstants, EliminateIdentity, FoldBatchNorm, EliminateDead, PruneMagnitude)}
+PASSES = {
+    cls.name: cls
+    for cls in (
+        FoldConstants,
+        EliminateIdentity,
+        FoldBatchNorm,
+        EliminateDead,
+        PruneMagnitude,
+        ShareWeights,
+        PackWeights,
+    )
+}
 
-__all__ = ["PASSES", "EliminateDead", "EliminateIdentity", "FoldBatchNorm", "FoldConstants", "PruneMagnitude"]
+__all__ = [
+    "PASSES",
+    "EliminateDead",
+    "EliminateIdentity",
+    "FoldBatchNorm",
+    "FoldConstants",
+    "PackWeights",
+    "PruneMagnitude",
+    "ShareWeights",
+]

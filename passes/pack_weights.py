@@ -1,0 +1,182 @@
+"""Lower compressed weights to ONNX: a codebook Gather for stock onnxruntime, or packed blobs decoded at load.
+
+Earlier passes decide the *values* (pruning leaves exact zeros, weight sharing at most ``2**bits`` levels); this
+pass decides how they are *stored*, exactly. Two formats:
+
+- ``standard`` (any ONNX runtime, no custom op): a weight with at most 256 distinct values becomes
+  ``W = Gather(codebook, Cast(indices, int32), axis=0)`` with ``codebook`` the k distinct floats and ``indices``
+  a uint8 tensor of W's shape (UINT4 when k <= 16 and the model's opset is >= 21), so W keeps its name, shape and
+  consumers. Gather copies, so W is bit-identical; onnxruntime folds the two nodes into a float initializer at
+  load. Size: one byte (or half) per element instead of four.
+- ``packed``: ``W = ai.onnxcomp.DecodeWeight(blob)`` with ``blob`` the uint8 serialisation of the cheapest exact
+  codec stack (:mod:`onnxcomp.codecs.stack`: CSR relative indices with filler zeros, codebook indices, Huffman),
+  expanded into a float initializer once at load by :mod:`onnxcomp.runtime` (or ``onnxcomp unpack``).
+
+Rules:
+1. Only layer kernels (weight-table role ``weight``) of at least ``min_elements`` elements are considered.
+2. A weight is lowered only when all its uses are standard-domain nodes in one graph (a shared weight is
+   lowered once, for all of them) and it is not a graph output; otherwise it is skipped with the reason.
+3. ``standard`` refuses weights with more than 256 distinct values (they stay float, with the reason recorded);
+   ``packed`` refuses weights whose blob is not smaller than the float tensor.
+4. The weight's tensor name survives: it becomes the output of the Gather / DecodeWeight node, which is placed
+   first in the graph (or where the Constant node that held the weight was).
+
+Each lowered weight gives a record: layer, weight, format, encoding, bytes before/after, bytes by section.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnxcomp.kernels import schema
+
+from onnxcomp.codecs.stack import dense_codebook, encode_weight, to_blob
+from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses
+from onnxcomp.model import Model
+from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.weights import Weight, weight_table
+
+_UINT4_OPSET = 21  # Cast from UINT4 (and UINT4 tensors in general) is ai.onnx opset 21
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    format: Literal["packed", "standard"] = "packed"
+    min_elements: int = 1024
+    huffman: bool = True  # packed: allow Huffman coding of indices and gaps
+    sparse: bool = True  # packed: allow the CSR relative-index format
+
+    def __post_init__(self) -> None:
+        if self.format not in ("packed", "standard"):
+            raise ValueError(f"format must be 'packed' or 'standard', got {self.format!r}")
+        if self.min_elements < 1:
+            raise ValueError(f"min_elements must be at least 1, got {self.min_elements}")
+
+
+class PackWeights(Pass):
+    name = "pack_weights"
+    Config = PackConfig
+    description = "store layer weights in their cheapest exact encoding (codebook Gather or packed blobs)"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        cfg: PackConfig = self.config
+        result = PassResult(modified=False)
+        names = {t for g in model.graphs() for t in g.tensors()}
+        owner = {id(n): g for g in model.graphs() for n in g.nodes}
+        for w in weight_table(model):
+            if w.role != "weight":
+                continue
+            reason = _refusal(w, owner, cfg.min_elements)
+            if reason is None:
+                graph = owner[id(w.uses[0].node)]
+                lower = _lower_standard if cfg.format == "standard" else _lower_packed
+                record_or_reason = lower(model, graph, w, cfg, names)
+                if isinstance(record_or_reason, dict):
+                    result.records.append(record_or_reason)
+                    result.modified = True
+                    continue
+                reason = record_or_reason
+            result.skipped.append((w.name, reason))
+        before = sum(r["bytes_before"] for r in result.records)
+        after = sum(r["bytes_after"] for r in result.records)
+        result.summary = (f"{len(result.records)} weights {cfg.format}: {before:,} B -> {after:,} B"
+                          if result.records else f"no weight {cfg.format}")
+        return result
+
+
+def _refusal(w: Weight, owner: dict[int, gs.Graph], min_elements: int) -> str | None:
+    if w.size < min_elements:
+        return f"{w.size} elements, below min_elements {min_elements}"
+    graphs = {id(owner.get(id(u.node))) for u in w.uses}
+    if w.producer is not None:
+        graphs.add(id(owner.get(id(w.producer))))
+    if len(graphs) != 1 or id(None) in graphs:
+        return "used in several graphs (subgraph and outer scope)"
+    graph = owner[id(w.uses[0].node)]
+    outputs = w.producer.outputs[0] if w.producer is not None else w.tensor
+    if is_graph_output(graph, outputs):
+        return "the weight is a graph output"
+    foreign = [u.node for u in w.uses if not is_standard(u.node)]
+    if foreign:
+        return f"read by a {foreign[0].domain}.{foreign[0].op} node, which may need a constant"
+    return None
+
+
+def _lower_standard(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, names: set[str]) -> dict | str:
+    values = w.array
+    found = dense_codebook(values)
+    if found is None:
+        return "more than 256 distinct values: stays float (standard format stores at most 256 levels)"
+    book, index = found
+    uint4 = book.size <= 16 and model.opset >= _UINT4_OPSET
+    if uint4:
+        proto = numpy_helper.from_array(index.astype(onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.UINT4)),
+                                        _unique(w.name + "_indices", names))
+        indices = gs.Constant(proto.name, LazyValues(proto))  # graphsurgeon cannot export uint4 from numpy
+        index_bytes = (index.size + 1) // 2
+    else:
+        indices = gs.Constant(_unique(w.name + "_indices", names), index)
+        index_bytes = index.nbytes
+    codebook = gs.Constant(_unique(w.name + "_codebook", names), np.ascontiguousarray(book))
+    index32 = gs.Variable(_unique(w.name + "_indices_int32", names), dtype=np.int32, shape=list(index.shape))
+    cast = gs.Node("Cast", name=_unique(w.name + "_cast", names), inputs=[indices], outputs=[index32],
+                   attrs={"to": onnx.TensorProto.INT32})
+    gather_name = _unique(w.name + "_gather", names)
+    record = _record(w, "standard", f"codebook(k={book.size}) {'uint4' if uint4 else 'uint8'} + Gather",
+                     {"indices": index_bytes, "codebook": int(book.nbytes)})
+    out, at = _take_weight_name(graph, w)
+    gather = gs.Node("Gather", name=gather_name, inputs=[codebook, index32], outputs=[out], attrs={"axis": 0})
+    graph.nodes[at:at] = [cast, gather]
+    return record
+
+
+def _lower_packed(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, names: set[str]) -> dict | str:
+    values = w.array
+    enc = encode_weight(values, allow_sparse=cfg.sparse, allow_huffman=cfg.huffman, name=w.name)
+    if enc.nbytes >= values.nbytes:
+        return f"packed blob ({enc.nbytes:,} B, {enc.describe()}) is not smaller than the float tensor"
+    blob = gs.Constant(_unique(w.name + "_packed", names), to_blob(enc))
+    attrs = {schema.DECODE_ATTR_SHAPE: list(enc.shape),
+             schema.DECODE_ATTR_DTYPE: int(onnx.helper.np_dtype_to_tensor_dtype(values.dtype))}
+    node_name = _unique(w.name + "_decode", names)
+    record = _record(w, "packed", enc.describe(), enc.bytes_by_section())
+    out, at = _take_weight_name(graph, w)
+    node = gs.Node(schema.DECODE_OP, name=node_name, domain=schema.DOMAIN, inputs=[blob], outputs=[out], attrs=attrs)
+    graph.nodes.insert(at, node)
+    return record
+
+
+def _take_weight_name(graph: gs.Graph, w: Weight) -> tuple[gs.Variable, int]:
+    """A variable under the weight's name that its consumers now read, and where its producer goes (rule 4)."""
+    if w.producer is not None:  # a Constant node: its output variable (name, consumers) is kept
+        out = w.producer.outputs[0]
+        at = next(i for i, n in enumerate(graph.nodes) if n is w.producer)
+        detach(graph, w.producer)
+        return out, at
+    out = gs.Variable(w.tensor.name, dtype=w.array.dtype, shape=list(w.shape))
+    replace_uses(w.tensor, out)
+    return out, 0
+
+
+def _record(w: Weight, fmt: str, encoding: str, sections: dict[str, int]) -> dict:
+    before = int(w.array.nbytes)
+    after = int(sum(sections.values()))
+    return {"layer": w.layer, "weight": w.name, "format": fmt, "encoding": encoding, "bytes_before": before,
+            "bytes_after": after, "ratio": round(before / max(after, 1), 2), "sections": dict(sections)}
+
+
+def _unique(base: str, names: set[str]) -> str:
+    name = base
+    for i in itertools.count(1):
+        if name not in names:
+            break
+        name = f"{base}_{i}"
+    names.add(name)
+    return name

@@ -1,0 +1,256 @@
+"""pack_weights on the trained LeNet-300-100 and on tiny graphs: exact outputs, real sizes, unpack, the CLI.
+
+The LeNet weights are pruned and shared here with plain numpy (the 90% smallest magnitudes of each kernel set to
+0, the rest snapped to 16 levels), so every check compares against a float model holding the very same values:
+the lowered models must give identical outputs (max abs diff 0), not merely close ones.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxcomp.kernels import schema
+from onnxcomp.passes import PackWeights
+from onnxcomp.passes.pack_weights import PackConfig
+
+from onnxcomp import runtime
+from onnxcomp.cli import main
+from onnxcomp.codecs import encode_weight, to_blob
+from onnxcomp.errors import CodecError, RecipeError
+from onnxcomp.model import Model, save_proto
+from onnxcomp.pipeline import PassContext
+from onnxcomp.recipe import load_recipe
+from onnxcomp.summary import size_by_section
+from onnxcomp.weights import weight_table
+
+ROOT = Path(__file__).resolve().parents[1]
+LENET = ROOT / "models" / "mnist_lenet300.onnx"
+MNIST_TEST = ROOT / "models" / "data" / "mnist_test.npz"
+
+
+def _prune_and_share(w: np.ndarray, sparsity: float = 0.9, levels: int = 16) -> np.ndarray:
+    keep = np.abs(w) > np.quantile(np.abs(w), sparsity)
+    book = np.linspace(w[keep].min(), w[keep].max(), levels).astype(w.dtype)
+    nearest = np.abs(w[..., None] - book).argmin(axis=-1)
+    return np.where(keep, book[nearest], 0).astype(w.dtype)
+
+
+@pytest.fixture(scope="module")
+def lenet() -> onnx.ModelProto:
+    """LeNet-300-100 with pruned, shared kernels, as a float model."""
+    model = Model.load(LENET)
+    for w in weight_table(model):
+        if w.role == "weight":
+            w.set(_prune_and_share(w.array))
+    return model.to_proto()
+
+
+@pytest.fixture(scope="module")
+def feed() -> dict[str, np.ndarray]:
+    return {"input": np.load(MNIST_TEST)["input"][:200].astype(np.float32)}
+
+
+def _pack(proto: onnx.ModelProto, **options):
+    model = Model.load(proto)
+    result = PackWeights(PackConfig(**options)).run(model, PassContext())
+    return model.to_proto(), result
+
+
+def _float_run(proto: onnx.ModelProto, feed) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def _ops(proto: onnx.ModelProto) -> list[str]:
+    return [f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in proto.graph.node]
+
+
+def test_standard_runs_on_stock_onnxruntime_identically(lenet, feed):
+    packed, result = _pack(lenet, format="standard")
+    assert [r["weight"] for r in result.records] == ["fc1.weight", "fc2.weight"]
+    assert result.skipped == [("fc3.weight", "1000 elements, below min_elements 1024")]
+    assert all(r["format"] == "standard" and r["bytes_after"] * 3 < r["bytes_before"] for r in result.records)
+    assert "ai.onnxcomp" not in {o.domain for o in packed.opset_import}
+    assert _ops(packed).count("Gather") == 2
+    onnx.checker.check_model(packed, full_check=True)
+    inits = {t.name: t for t in packed.graph.initializer}
+    assert inits["fc1.weight_indices"].data_type == TensorProto.UINT8  # opset 17: no uint4
+    assert np.abs(_float_run(packed, feed) - _float_run(lenet, feed)).max() == 0
+
+
+def test_packed_runs_through_onnxcomp_runtime_identically(lenet, feed):
+    packed, result = _pack(lenet, format="packed")
+    assert _ops(packed).count("ai.onnxcomp.DecodeWeight") == 2
+    record = result.records[0]
+    assert record["layer"] == "/fc1/Gemm" and record["format"] == "packed"
+    assert record["encoding"].startswith("sparse(")
+    assert sum(record["sections"].values()) == record["bytes_after"] < record["bytes_before"] / 30
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail):  # stock onnxruntime does not know the op
+        ort.InferenceSession(packed.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = runtime.InferenceSession(packed)
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    assert np.abs(sess.run(None, feed)[0] - _float_run(lenet, feed)).max() == 0
+    assert sess.unpack_seconds > 0 and sess.load_seconds >= sess.unpack_seconds
+    # session() (used by fidelity, bench, capture) expands packed models too, from a Model or a ModelProto
+    assert np.abs(runtime.session(Model.load(packed)).run(None, feed)[0] - _float_run(lenet, feed)).max() == 0
+
+
+def test_file_sizes_packed_far_below_standard_far_below_float(lenet, tmp_path):
+    sizes = {}
+    for fmt in ("standard", "packed"):
+        sizes[fmt] = save_proto(_pack(lenet, format=fmt)[0], tmp_path / f"{fmt}.onnx").stat().st_size
+    sizes["float"] = save_proto(lenet, tmp_path / "float.onnx").stat().st_size
+    assert sizes["packed"] * 5 < sizes["standard"] and sizes["standard"] * 3 < sizes["float"], sizes
+    packed = onnx.load(str(tmp_path / "packed.onnx"))
+    standard = onnx.load(str(tmp_path / "standard.onnx"))
+    assert size_by_section(packed)["packed weights"] > 0.5 * sizes["packed"]
+    assert size_by_section(standard)["codebook indices"] > 0.5 * sizes["standard"]
+
+
+def test_unpack_gives_the_plain_equivalent(lenet, feed, tmp_path):
+    packed, _ = _pack(lenet, format="packed")
+    plain = runtime.unpack(packed)
+    onnx.checker.check_model(plain, full_check=True)
+    assert "ai.onnxcomp" not in {o.domain for o in plain.opset_import}
+    assert _ops(plain) == _ops(lenet)
+    want = {t.name: numpy_helper.to_array(t) for t in lenet.graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in plain.graph.initializer}
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert np.array_equal(got[name].view(np.uint32), value.view(np.uint32)), name
+    assert np.abs(_float_run(plain, feed) - _float_run(lenet, feed)).max() == 0
+    assert _ops(packed).count("ai.onnxcomp.DecodeWeight") == 2  # the caller's proto is unchanged
+
+
+def test_must_not_fire_many_distinct_values(feed):
+    rng = np.random.default_rng(0)
+    w = rng.permutation(np.repeat(np.linspace(0.5, 1.5, 1000, dtype=np.float32), 2)).reshape(50, 40)
+    proto = _tiny_matmul(w)
+    out, result = _pack(proto, format="standard")
+    assert not result.modified and not result.records
+    [(name, why)] = result.skipped
+    assert name == "W" and "256 distinct values" in why and "float" in why
+    assert [t.name for t in out.graph.initializer] == ["W"] and _ops(out) == ["MatMul"]
+    out, result = _pack(proto, format="packed")  # no zeros, 1000 levels: plain floats, so no blob either
+    assert not result.modified and "not smaller" in result.skipped[0][1]
+
+
+def test_standard_uses_uint4_from_opset_21():
+    w = _prune_and_share(np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32), 0.5, 8)
+    proto = _tiny_matmul(w, opset=21)
+    out, result = _pack(proto, format="standard")
+    inits = {t.name: t for t in out.graph.initializer}
+    assert inits["W_indices"].data_type == TensorProto.UINT4 and len(inits["W_indices"].raw_data) == w.size // 2
+    assert result.records[0]["sections"]["indices"] == w.size // 2
+    x = {"x": np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)}
+    assert np.abs(_float_run(out, x) - _float_run(proto, x)).max() == 0
+
+
+def test_constant_node_and_shared_weights():
+    w = _prune_and_share(np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32))
+    nodes = [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "W")),
+             helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("MatMul", ["h", "W"], ["y"])]
+    proto = _model(nodes, [], opset=17)
+    x = {"x": np.random.default_rng(4).standard_normal((5, 64)).astype(np.float32)}
+    for fmt in ("standard", "packed"):
+        out, result = _pack(proto, format=fmt)
+        assert len(result.records) == 1 and "Constant" not in _ops(out)
+        assert np.abs(runtime.InferenceSession(out).run(None, x)[0] - _float_run(proto, x)).max() == 0
+
+
+def test_weights_read_by_custom_ops_are_left_alone():
+    w = _prune_and_share(np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32))
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"]),
+             helper.make_node("Foo", ["W"], ["z"], domain="com.example")]
+    proto = _model(nodes, [numpy_helper.from_array(w, "W")], outputs=("y", "z"))
+    _, result = _pack(proto, format="packed")
+    assert not result.modified and "com.example.Foo" in result.skipped[0][1]
+
+
+def test_recipe_options_are_typed():
+    step = load_recipe({"passes": [{"pack_weights": {"format": "standard", "min_elements": 10}}]}).steps[0]
+    assert step.config == PackConfig(format="standard", min_elements=10)
+    with pytest.raises(RecipeError, match="format"):
+        load_recipe({"passes": [{"pack_weights": {"format": "zip"}}]})
+
+
+def test_cli_unpack(lenet, feed, tmp_path, capsys):
+    packed_path = save_proto(_pack(lenet, format="packed")[0], tmp_path / "packed.onnx")
+    out = tmp_path / "plain.onnx"
+    code, _, err = _cli(capsys, "unpack", packed_path, "-o", out)
+    assert code == 0 and err == ""
+    assert np.abs(_float_run(onnx.load(str(out)), feed) - _float_run(lenet, feed)).max() == 0
+
+    # flip one byte inside fc1's blob: protobuf still parses, the blob's CRC does not match
+    data = bytearray(packed_path.read_bytes())
+    blob = next(t for t in onnx.load(str(packed_path)).graph.initializer if t.name.startswith("fc1.weight"))
+    at = bytes(data).find(blob.raw_data[100:164]) + 20
+    assert at > 20
+    data[at] ^= 0xFF
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(bytes(data))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, err = _cli(capsys, "unpack", broken, "-o", tmp_path / "never.onnx")
+    assert code == 2 and stdout == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and "malformed packed weight 'fc1.weight'" in lines[0] and "CRC" in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    with pytest.raises(CodecError, match="CRC"):
+        runtime.InferenceSession(broken)
+    code, _, err = _cli(capsys, "unpack", packed_path, "-o", packed_path)  # never onto the input
+    assert code == 2 and "input model" in err
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exc.value.code or 0, out, err
+
+
+def _model(nodes, inits, opset: int = 17, outputs=("y",)) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10 if opset >= 21 else 8
+    return model
+
+
+def _tiny_matmul(w: np.ndarray, opset: int = 17) -> onnx.ModelProto:
+    return _model([helper.make_node("MatMul", ["x", "W"], ["y"])], [numpy_helper.from_array(w, "W")], opset)
+
+
+def test_runtime_decodes_in_subgraphs_and_keeps_buffers_alive():
+    """DecodeWeight in an If branch (decoded into that branch) and a main-graph one read from inside the branch."""
+    rng = np.random.default_rng(6)
+    w1, w2 = (_prune_and_share(rng.standard_normal((32, 32)).astype(np.float32)) for _ in range(2))
+    blob1, blob2 = (numpy_helper.from_array(to_blob(encode_weight(w)), n) for w, n in ((w1, "b1"), (w2, "b2")))
+    decode = {"domain": schema.DOMAIN, "shape": [32, 32], "dtype": TensorProto.FLOAT}
+    out = helper.make_tensor_value_info("t", TensorProto.FLOAT, None)
+    then = helper.make_graph([helper.make_node(schema.DECODE_OP, ["b2"], ["W2"], **decode),
+                              helper.make_node("MatMul", ["x", "W1"], ["h"]),
+                              helper.make_node("MatMul", ["h", "W2"], ["t"])], "then", [], [out])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "else", [], [out])
+    nodes = [helper.make_node(schema.DECODE_OP, ["b1"], ["W1"], **decode),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [blob1, blob2])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(schema.DOMAIN, 1)])
+    proto.ir_version = 8
+    sess = runtime.InferenceSession(proto)
+    gc.collect()
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    want = _float_run(runtime.unpack(proto), {"x": x, "c": np.array(True)})
+    np.testing.assert_allclose(want, x @ w1 @ w2, rtol=1e-5, atol=1e-5)
+    for _ in range(3):
+        assert np.array_equal(sess.run(None, {"x": x, "c": np.array(True)})[0], want)
+    plain = runtime.unpack(proto)
+    assert {t.name for t in plain.graph.initializer} == {"W1"}  # b1/b2 gone; W2 lives in the branch
+    assert "ai.onnxcomp" not in {o.domain for o in plain.opset_import}
