@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
-from onnxcomp.kernels import schema
+from onnxcomp.graph_edit import node_label
+from onnxcomp.kernels import reference, schema
 from onnxcomp.model import Model, subgraphs, walk_tensors
 from onnxcomp.weights import weight_table
 
@@ -108,8 +110,47 @@ def layer_rows(model: Model) -> list[LayerRow]:
             dtype=str(values.dtype),
             sparsity=float(1.0 - np.count_nonzero(values) / values.size) if values.size else 0.0,
         ))
+    rows += _encoded_rows(model)
     order = {"weight": 0, "bias": 1, "norm": 2, "other": 3}
     rows.sort(key=lambda r: order[r.role])
+    return rows
+
+
+def _encoded_rows(model: Model) -> list[LayerRow]:
+    """Rows for weights stored encoded: a DecodeWeight blob, or codebook indices gathered from a codebook.
+
+    Params and sparsity come from the decoded values; bytes are what is stored (blob, or indices + codebook).
+    """
+    rows = []
+    for graph in model.graphs():
+        for node in graph.nodes:
+            stored: list[gs.Constant] = []
+            if node.domain == schema.DOMAIN and node.op == schema.DECODE_OP and isinstance(node.inputs[0], gs.Constant):
+                stored = [node.inputs[0]]
+                values = reference.decode_weight(node.inputs[0].values, name=node.outputs[0].name)
+            elif node.op == "Gather" and isinstance(node.inputs[0], gs.Constant):
+                index = node.inputs[1]
+                if len(index.inputs) == 1 and index.inputs[0].op == "Cast":
+                    index = index.inputs[0].inputs[0]
+                if not isinstance(index, gs.Constant) or index.dtype not in (np.uint8, np.uint16):
+                    continue
+                stored = [node.inputs[0], index]
+                values = np.asarray(node.inputs[0].values)[np.asarray(index.values).astype(np.int64)]
+            else:
+                continue
+            out = node.outputs[0]
+            consumer = out.outputs[0] if out.outputs else node
+            rows.append(LayerRow(
+                layer=node_label(consumer),
+                op=consumer.op,
+                weight=out.name,
+                role="weight",
+                shape=list(values.shape),
+                params=int(values.size),
+                bytes=int(sum(np.asarray(c.values).nbytes for c in stored)),
+                dtype=str(values.dtype),
+                sparsity=float(1.0 - np.count_nonzero(values) / values.size) if values.size else 0.0,
+            ))
     return rows
 
 
