@@ -47,6 +47,15 @@ class CompressReport:
         after = self.size_after["total"]
         return self.size_before["total"] / after if after else math.inf
 
+    def packed_sections(self) -> dict[str, int]:
+        """Bytes of the encoded weights by section (values, indices, codebook, gaps, Huffman tables, headers)."""
+        totals: dict[str, int] = {}
+        for p in self.passes:
+            for record in p.records:
+                for key, value in record.get("sections", {}).items():
+                    totals[key] = totals.get(key, 0) + int(value)
+        return totals
+
     @property
     def skipped(self) -> list[tuple[str, str, str]]:
         return [(p.name, what, why) for p in self.passes for what, why in p.skipped]
@@ -60,6 +69,7 @@ class CompressReport:
             "seed": self.seed,
             "size_before": self.size_before,
             "size_after": self.size_after,
+            "packed_sections": self.packed_sections(),
             "ratio": self.ratio,
             "layers": self._layer_table(),
             "passes": [asdict(p) for p in self.passes],
@@ -101,6 +111,11 @@ class CompressReport:
         rows.append(["total", _kb(self.size_before["total"]), _kb(self.size_after["total"])])
         out += table(["section", "before", "after"], rows)
         out.append(f"compression ratio: {self.ratio:.2f}x")
+        packed = self.packed_sections()
+        if packed:
+            out.append("")
+            out.append(f"{head}Packed weights by section")
+            out += table(["section", "bytes"], [[k, _kb(v)] for k, v in packed.items()])
         out.append("")
         out.append(f"{head}Passes")
         out += table(["pass", "changed", "layers", "skipped", "seconds"],
