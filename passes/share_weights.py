@@ -34,7 +34,11 @@ Rules:
 4. With ``refine`` and calibration data, centroids of every layer whose input Hessian is defined (Conv with
    explicit pads, Gemm, 2-D MatMul kernels) are refined; the Hessians all come from the unmodified model. Without
    calibration data the pass still runs and records that refinement was skipped.
-5. Values are written back in the weight's own dtype; the tensor keeps its name and shape.
+5. With ``compensate`` and a Hessian, assignments are made GPTQ-style instead of nearest-centroid: columns in
+   order, each weight snapped to its nearest centroid and the rounding error pushed onto the not-yet-snapped
+   weights of its row through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`); zeros stay zero. The centroids are
+   then refined for the new assignments as in rule 4.
+6. Values are written back in the weight's own dtype; the tensor keeps its name and shape.
 
 Records, one per layer: bits, distinct nonzero values before and after, ``weight_err`` = ||W - W'|| / ||W||,
 and with a Hessian ``output_err_kmeans`` / ``output_err`` = trace((W - W') H (W - W')^T) / trace(W H W^T) for the
@@ -54,6 +58,7 @@ import scipy.sparse
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
+from onnxcomp.obs import compensate
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.weights import Weight, weight_table
 
@@ -69,6 +74,7 @@ class ShareWeightsConfig:
     exclude: tuple[str, ...] = ()  # layer/weight name globs left untouched
     min_elements: int = 256  # smaller kernels are not worth a codebook
     ridge: float = 1e-3  # refinement's pull towards the k-means centroids, relative to diag(G)
+    compensate: bool = False  # GPTQ-style assignment with OBS error feedback (needs calibration data)
 
     def __post_init__(self) -> None:
         _check_bits("bits", self.bits)
@@ -181,17 +187,21 @@ class ShareWeights(Pass):
         record: dict[str, Any] = {"layer": w.layer, "weight": w.name, "bits": plan.bits,
                                   "method": plan.clustering.method, "distinct_before": plan.distinct_before}
         err_kmeans = err_refined = None
+        assign = plan.clustering.labels
+        if hessian is not None and self.config.compensate:
+            assign = _compensated_assignment(hessian, original, mask, centroids)
+            record["compensated"] = True
         if hessian is not None:
             labels = np.full(original.shape, centroids.size, dtype=np.int64)  # zeros: a dummy cluster
-            labels[mask] = plan.clustering.labels
-            kmeans_values = _values(original, mask, centroids, plan.clustering.labels, dtype)
+            labels[mask] = assign
+            kmeans_values = _values(original, mask, centroids, assign, dtype)
             err_kmeans = _output_err(hessian, original, kmeans_values)
             if err_kmeans is None:
                 result.skipped.append((w.name, "refinement skipped: the layer's input is zero on the calibration data"))
             else:
                 centroids = _refine(hessian, original, labels, centroids, self.config.ridge)
 
-        shared = _values(original, mask, centroids, plan.clustering.labels, dtype)
+        shared = _values(original, mask, centroids, assign, dtype)
         w.set(shared)
         if err_kmeans is not None:
             err_refined = _output_err(hessian, original, shared)
@@ -204,6 +214,24 @@ class ShareWeights(Pass):
             "output_err": err_refined,
         })
         return record
+
+
+def _compensated_assignment(h: LayerHessian, original: np.ndarray, mask: np.ndarray,
+                            centroids: np.ndarray) -> np.ndarray:
+    """Cluster labels of the nonzero weights chosen with OBS error feedback (rule 5)."""
+    order = np.argsort(centroids)
+    sorted_c = centroids[order]
+    mids = (sorted_c[1:] + sorted_c[:-1]) / 2
+
+    def nearest(values: np.ndarray) -> np.ndarray:
+        return order[np.searchsorted(mids, values)]
+
+    W = h.to_matrix(original.astype(np.float64))
+    M = h.to_matrix(mask)
+    out = np.empty_like(W)
+    for g in range(h.groups):
+        out[g] = compensate(W[g], h.H[g], lambda col, j, keep=M[g]: np.where(keep[:, j], centroids[nearest(col)], 0.0))
+    return nearest(h.from_matrix(out)[mask])
 
 
 def _values(original: np.ndarray, mask: np.ndarray, centroids: np.ndarray, labels: np.ndarray,

@@ -342,3 +342,16 @@ def test_hessians_come_from_the_unmodified_model() -> None:
     e = h.to_matrix(original.astype(np.float64) - kernels[1].array)
     w = h.to_matrix(original.astype(np.float64))
     assert np.sum((e[0] @ h.H[0]) * e[0]) / np.sum((w[0] @ h.H[0]) * w[0]) == pytest.approx(row["output_err"])
+
+
+def test_compensated_assignment_lowers_output_error() -> None:
+    """GPTQ-style assignment (rule 5) against nearest-centroid assignment, both refined, at 2 bits."""
+    errors = {}
+    for comp in (False, True):
+        recipe = {"passes": [{"share_weights": {"bits": 2, "refine": True, "compensate": comp}}]}
+        result = compress(str(LENET), recipe=recipe, calibration=str(CALIB))
+        records = next(p for p in result.report.passes if p.name == "share_weights").records
+        errors[comp] = sum(r["output_err"] for r in records)
+        kernels = [w.array for w in weight_table(result.model) if w.role == "weight"]
+        assert all(np.unique(k[k != 0]).size <= 4 for k in kernels)
+    assert errors[True] < errors[False]
