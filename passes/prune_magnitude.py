@@ -27,10 +27,12 @@ Pruned weights are exact zeros; storage (CSR, Huffman) is decided later by ``pac
 from __future__ import annotations
 
 import fnmatch
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
@@ -149,7 +151,7 @@ class PruneMagnitude(Pass):
             return [pruner.count(i, lo, _STEP) for i in range(n)]
         # Sensitivity: the largest scanned sparsity each layer tolerates alone bounds the search.
         limit = np.zeros(n)
-        for i in range(n):
+        for i in _Progress(range(n), "prune: sensitivity", ctx.progress):
             for s in (s for s in _SCAN if s <= cfg.max_sparsity):
                 x = np.zeros(n)
                 x[i] = s
@@ -173,6 +175,7 @@ class PruneMagnitude(Pass):
             population=cfg.population,
             generations=cfg.generations,
             seed=ctx.seed,
+            progress=_Progress(None, "prune: search", ctx.progress, total=cfg.generations).update_to,
         )
         result.summary = (f"auto: {evaluator.evaluations} evaluations ({evaluator.metric} drop <= {cfg.max_drop}), "
                           f"compensated search: {'yes' if hessians else 'no'}")
@@ -253,6 +256,16 @@ class _Pruner:
             errors.append(float(np.mean([output_error(W0[g], W1[g], hessian.H[g]) for g in range(hessian.groups)])))
             w.set(new)
         return errors
+
+
+class _Progress(tqdm):
+    """A progress bar on stderr, shown when the context asks for progress and stderr is a terminal."""
+
+    def __init__(self, iterable, desc: str, show: bool, total: int | None = None):
+        super().__init__(iterable, desc=desc, total=total, leave=False, file=sys.stderr, disable=None if show else True)
+
+    def update_to(self, step: int, _best: float) -> None:
+        self.update(step + 1 - self.n)
 
 
 def _compensated(a: np.ndarray, keep: np.ndarray, hessian: LayerHessian, damp: float) -> np.ndarray:
