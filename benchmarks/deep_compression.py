@@ -76,7 +76,7 @@ def timestep_agreement(reference, candidate, x: np.ndarray) -> float:
     return float((ref == cand).mean())
 
 
-def run_model(key: str, tmp: Path, seed: int) -> list[list[str]]:
+def run_model(key: str, tmp: Path, seed: int, wanted: list[str]) -> list[list[str]]:
     rows = []
     if key == "ppocr-rec":
         from models import ppocr
@@ -95,6 +95,8 @@ def run_model(key: str, tmp: Path, seed: int) -> list[list[str]]:
     chains = dict(CHAINS)
     chosen: dict[str, float] = {}
     for chain in list(chains) + ["same sparsity, no comp"]:
+        if chain not in wanted:
+            continue
         prune = chains.get(chain) or {"mode": "layer", "layer_sparsity": chosen, "compensate": False}
         out = tmp / f"{key}-{chain}.onnx"
         start = time.perf_counter()
@@ -156,6 +158,9 @@ def resnet_speed(tmp: Path, seed: int) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--chains", default=",".join(list(CHAINS) + ["same sparsity, no comp"]),
+                        help="comma-separated subset of the chains")
+    parser.add_argument("--resnet-only", action="store_true")
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -165,8 +170,8 @@ def main() -> None:
                   "s"]
         print(" | ".join(header))
         rows = []
-        for key in args.models.split(","):
-            rows += run_model(key, tmp, args.seed)
+        for key in [] if args.resnet_only else args.models.split(","):
+            rows += run_model(key, tmp, args.seed, args.chains.split(","))
         if not args.skip_resnet:
             print()
             print("ResNet-50 builder (25.6M weights) | measured | target")
