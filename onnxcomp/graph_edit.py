@@ -7,6 +7,8 @@ from its tensors).
 
 from __future__ import annotations
 
+import itertools
+
 import onnx_graphsurgeon as gs
 
 
@@ -46,3 +48,19 @@ def node_label(node: gs.Node) -> str:
     if node.name:
         return node.name
     return f"{node.op}:{node.outputs[0].name}" if node.outputs else node.op
+
+
+def tensor_names(graphs) -> set[str]:
+    """Every tensor name used in these graphs (main graph and subgraphs share one name space)."""
+    return {name for g in graphs for name in g.tensors()}
+
+
+def unique_name(base: str, names: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... whichever is free in ``names``; the name is then taken."""
+    name = base
+    for i in itertools.count(1):
+        if name not in names:
+            break
+        name = f"{base}_{i}"
+    names.add(name)
+    return name

@@ -22,12 +22,10 @@ Rules:
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_edit import detach, is_graph_output, is_standard, node_label
+from onnxcomp.graph_edit import detach, is_graph_output, is_standard, node_label, tensor_names, unique_name
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.weights import constant_value, weight_of
@@ -41,7 +39,7 @@ class FoldBatchNorm(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         result = PassResult(modified=False)
-        names = {t for g in model.graphs() for t in g.tensors()}
+        names = tensor_names(model.graphs())
         for graph in list(model.graphs()):
             for bn in [n for n in graph.nodes if is_standard(n, "BatchNormalization")]:
                 reason = _refusal(graph, bn)
@@ -119,7 +117,7 @@ def _fold(graph: gs.Graph, bn: gs.Node, producer: gs.Node, names: set[str]) -> N
     else:
         while len(producer.inputs) < 2:
             producer.inputs.append(gs.Variable.empty())
-        producer.inputs.append(gs.Constant(_unique(w.name + "_bias", names), new_bias))
+        producer.inputs.append(gs.Constant(unique_name(w.name + "_bias", names), new_bias))
 
     y = bn.outputs[0]
     detach(graph, bn)
@@ -130,16 +128,6 @@ def _store(node: gs.Node, slot: int, values: np.ndarray, names: set[str]) -> Non
     """Write a folded weight: in place when only this node reads it, else as a fresh copy (rule 2)."""
     w = weight_of(node.inputs[slot])
     if w.shared or w.array.shape != values.shape:
-        node.inputs[slot] = gs.Constant(_unique(w.name + "_folded", names), values)
+        node.inputs[slot] = gs.Constant(unique_name(w.name + "_folded", names), values)
     else:
         w.set(values)
-
-
-def _unique(base: str, names: set[str]) -> str:
-    name = base
-    for i in itertools.count(1):
-        if name not in names:
-            break
-        name = f"{base}_{i}"
-    names.add(name)
-    return name

@@ -26,7 +26,6 @@ Each lowered weight gives a record: layer, weight, format, encoding, bytes befor
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,7 +37,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxcomp.kernels import schema
 
 from onnxcomp.codecs.stack import dense_codebook, encode_weight, to_blob
-from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses
+from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.weights import Weight, weight_table
@@ -68,7 +67,7 @@ class PackWeights(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg: PackConfig = self.config
         result = PassResult(modified=False)
-        names = {t for g in model.graphs() for t in g.tensors()}
+        names = tensor_names(model.graphs())
         owner = {id(n): g for g in model.graphs() for n in g.nodes}
         for w in weight_table(model):
             if w.role != "weight":
@@ -118,17 +117,17 @@ def _lower_standard(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, n
     uint4 = book.size <= 16 and model.opset >= _UINT4_OPSET
     if uint4:
         proto = numpy_helper.from_array(index.astype(onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.UINT4)),
-                                        _unique(w.name + "_indices", names))
+                                        unique_name(w.name + "_indices", names))
         indices = gs.Constant(proto.name, LazyValues(proto))  # graphsurgeon cannot export uint4 from numpy
         index_bytes = (index.size + 1) // 2
     else:
-        indices = gs.Constant(_unique(w.name + "_indices", names), index)
+        indices = gs.Constant(unique_name(w.name + "_indices", names), index)
         index_bytes = index.nbytes
-    codebook = gs.Constant(_unique(w.name + "_codebook", names), np.ascontiguousarray(book))
-    index32 = gs.Variable(_unique(w.name + "_indices_int32", names), dtype=np.int32, shape=list(index.shape))
-    cast = gs.Node("Cast", name=_unique(w.name + "_cast", names), inputs=[indices], outputs=[index32],
+    codebook = gs.Constant(unique_name(w.name + "_codebook", names), np.ascontiguousarray(book))
+    index32 = gs.Variable(unique_name(w.name + "_indices_int32", names), dtype=np.int32, shape=list(index.shape))
+    cast = gs.Node("Cast", name=unique_name(w.name + "_cast", names), inputs=[indices], outputs=[index32],
                    attrs={"to": onnx.TensorProto.INT32})
-    gather_name = _unique(w.name + "_gather", names)
+    gather_name = unique_name(w.name + "_gather", names)
     record = _record(w, "standard", f"codebook(k={book.size}) {'uint4' if uint4 else 'uint8'} + Gather",
                      {"indices": index_bytes, "codebook": int(book.nbytes)})
     out, at = _take_weight_name(graph, w)
@@ -142,10 +141,10 @@ def _lower_packed(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, nam
     enc = encode_weight(values, allow_sparse=cfg.sparse, allow_huffman=cfg.huffman, name=w.name)
     if enc.nbytes >= values.nbytes:
         return f"packed blob ({enc.nbytes:,} B, {enc.describe()}) is not smaller than the float tensor"
-    blob = gs.Constant(_unique(w.name + "_packed", names), to_blob(enc))
+    blob = gs.Constant(unique_name(w.name + "_packed", names), to_blob(enc))
     attrs = {schema.DECODE_ATTR_SHAPE: list(enc.shape),
              schema.DECODE_ATTR_DTYPE: int(onnx.helper.np_dtype_to_tensor_dtype(values.dtype))}
-    node_name = _unique(w.name + "_decode", names)
+    node_name = unique_name(w.name + "_decode", names)
     record = _record(w, "packed", enc.describe(), enc.bytes_by_section())
     out, at = _take_weight_name(graph, w)
     node = gs.Node(schema.DECODE_OP, name=node_name, domain=schema.DOMAIN, inputs=[blob], outputs=[out], attrs=attrs)
@@ -170,13 +169,3 @@ def _record(w: Weight, fmt: str, encoding: str, sections: dict[str, int]) -> dic
     after = int(sum(sections.values()))
     return {"layer": w.layer, "weight": w.name, "format": fmt, "encoding": encoding, "bytes_before": before,
             "bytes_after": after, "ratio": round(before / max(after, 1), 2), "sections": dict(sections)}
-
-
-def _unique(base: str, names: set[str]) -> str:
-    name = base
-    for i in itertools.count(1):
-        if name not in names:
-            break
-        name = f"{base}_{i}"
-    names.add(name)
-    return name
