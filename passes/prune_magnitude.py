@@ -43,7 +43,7 @@ from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.search import ncs_minimize
 from onnxcomp.weights import Weight, weight_table
 
-_SCAN = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3)  # high first: compensating sparse layers is cheap
+_SCAN = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 _STEP = 0.005  # searched sparsities are rounded to this grid, so that candidates share compensated layers
 _CHEAP_FLOPS = 5e9  # compensation cost per candidate below which the search scores compensated weights
 
@@ -149,15 +149,18 @@ class PruneMagnitude(Pass):
             result.summary = (f"uniform: sparsity {lo:.3f} in {evaluator.evaluations} evaluations "
                               f"({evaluator.metric} drop <= {cfg.max_drop})")
             return [pruner.count(i, lo, _STEP) for i in range(n)]
-        # Sensitivity: the largest scanned sparsity each layer tolerates alone bounds the search.
+        # Sensitivity: the largest scanned sparsity each layer tolerates alone bounds the search (bisection
+        # over the scan grid: the error grows with the sparsity).
+        grid = sorted(s for s in _SCAN if s <= cfg.max_sparsity)
         limit = np.zeros(n)
         for i in _Progress(range(n), "prune: sensitivity", ctx.progress):
-            for s in (s for s in _SCAN if s <= cfg.max_sparsity):
+            lo, hi = -1, len(grid)  # grid[lo] feasible (or none), grid[hi] infeasible (or past the end)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
                 x = np.zeros(n)
-                x[i] = s
-                if violation(x) <= 0:
-                    limit[i] = s
-                    break
+                x[i] = grid[mid]
+                lo, hi = (mid, hi) if violation(x) <= 0 else (lo, mid)
+            limit[i] = grid[lo] if lo >= 0 else 0.0
         # Warm start: the sensitivity profile scaled down until the model as a whole is feasible.
         lo, hi = 0.0, 1.0
         for _ in range(7):
