@@ -32,8 +32,12 @@ Rules:
 3. A weight used by several nodes is one tensor: it is clustered once (values only, no graph change); its
    centroids are not refined because one input Hessian does not describe all its uses.
 4. With ``refine`` and calibration data, centroids of every layer whose input Hessian is defined (Conv with
-   explicit pads, Gemm, 2-D MatMul kernels) are refined; the Hessians all come from the unmodified model. Without
-   calibration data the pass still runs and records that refinement was skipped.
+   explicit pads, Gemm, 2-D MatMul kernels) are refined. Without calibration data the pass still runs and
+   records that refinement was skipped. With ``sequential``, layers are shared in graph order and each
+   one's Hessian comes from the partly shared model: the layer is first re-targeted to reproduce the ORIGINAL
+   model's outputs from its already-shared inputs (``LayerHessian.retarget``), then clustered, so upstream error
+   is corrected instead of accumulating through deep networks; otherwise all Hessians come from the unmodified
+   model.
 5. With ``compensate`` and a Hessian, assignments are made GPTQ-style instead of nearest-centroid: columns in
    order, each weight snapped to its nearest centroid and the rounding error pushed onto the not-yet-snapped
    weights of its row through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`); zeros stay zero. The centroids are
@@ -75,6 +79,7 @@ class ShareWeightsConfig:
     min_elements: int = 256  # smaller kernels are not worth a codebook
     ridge: float = 1e-3  # refinement's pull towards the k-means centroids, relative to diag(G)
     compensate: bool = False  # GPTQ-style assignment with OBS error feedback (needs calibration data)
+    sequential: bool = False  # layer by layer on already-shared inputs, re-targeted to the original outputs
 
     def __post_init__(self) -> None:
         _check_bits("bits", self.bits)
@@ -133,13 +138,19 @@ class ShareWeights(Pass):
         calibrated = cfg.refine and ctx.calibration is not None
         if cfg.refine and plans and not calibrated:
             result.skipped.append(("refinement", "no calibration data: centroids are the k-means means"))
-        if calibrated and plans:
+        reference = model.copy() if calibrated and cfg.sequential and plans else None
+        if calibrated and plans and reference is None:
             # All Hessians come from the unmodified model (collected before any weight is written).
             hessians = collect_hessians(model, [p.weight for p in plans if not p.weight.shared], ctx.calibration)
 
         for plan in plans:
             w = plan.weight
-            hessian = hessians.get(w.name)
+            if reference is not None and not w.shared:
+                hessian = collect_hessians(model, [w], ctx.calibration, reference=reference).get(w.name)
+                if hessian is not None:
+                    plan = self._retarget(plan, hessian, ctx)
+            else:
+                hessian = hessians.get(w.name)
             if calibrated and w.shared:
                 result.skipped.append((w.name, f"refinement skipped: shared by {len(w.uses)} nodes"))
             elif calibrated and hessian is None:
@@ -179,6 +190,14 @@ class ShareWeights(Pass):
         seed = [ctx.seed, zlib.crc32(w.name.encode("utf-8"))]
         clustering = kmeans1d(nonzero, k, cfg.init, seed=seed)
         return _Plan(w, bits, array, mask, clustering, distinct)
+
+    def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
+        """Re-fit the layer to the original outputs from its current inputs, then re-cluster those values."""
+        target = hessian.from_matrix(hessian.retarget(hessian.to_matrix(plan.original.astype(np.float64))))
+        target = np.where(plan.mask, target, 0).astype(plan.original.dtype)
+        seed = [ctx.seed, zlib.crc32(plan.weight.name.encode("utf-8"))]
+        clustering = kmeans1d(target[plan.mask], 1 << plan.bits, self.config.init, seed=seed)
+        return _Plan(plan.weight, plan.bits, target, plan.mask, clustering, plan.distinct_before)
 
     def _apply(self, plan: _Plan, hessian: LayerHessian | None, result: PassResult) -> dict[str, Any]:
         w, original, mask = plan.weight, plan.original, plan.mask
