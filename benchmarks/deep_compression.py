@@ -5,7 +5,7 @@ For each bundled model: original bytes, packed bytes, ratio, accuracy before/aft
 - ``auto+comp``: per-layer thresholds by negatively correlated search, OBS compensation (the recipe);
 - ``auto``: the same search, compensation off;
 - ``uniform+comp``: one sparsity for all layers, the largest under the same fidelity bound, compensated;
-- ``same sparsity, no comp``: the per-layer sparsities that ``auto+comp`` chose, without compensation (the
+- ``same-sparsity-no-comp``: the per-layer sparsities that ``auto+comp`` chose, without compensation (the
   equal-sparsity comparison of compensation against plain magnitude pruning).
 Then k-means sharing with least-squares centroid refinement and Huffman-coded packing (recipe
 ``deep-compression``). PP-OCRv4 rec is scored by per-timestep argmax agreement with the original on rendered
@@ -94,7 +94,7 @@ def run_model(key: str, tmp: Path, seed: int, wanted: list[str]) -> list[list[st
     original = Path(source).stat().st_size
     chains = dict(CHAINS)
     chosen: dict[str, float] = {}
-    for chain in list(chains) + ["same sparsity, no comp"]:
+    for chain in list(chains) + ["same-sparsity-no-comp"]:
         if chain not in wanted:
             continue
         prune = chains.get(chain) or {"mode": "layer", "layer_sparsity": chosen, "compensate": False}
@@ -158,7 +158,7 @@ def resnet_speed(tmp: Path, seed: int) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--chains", default=",".join(list(CHAINS) + ["same sparsity, no comp"]),
+    parser.add_argument("--chains", default=",".join(list(CHAINS) + ["same-sparsity-no-comp"]),
                         help="comma-separated subset of the chains")
     parser.add_argument("--resnet-only", action="store_true")
     parser.add_argument("--skip-resnet", action="store_true")

@@ -62,7 +62,7 @@ import scipy.sparse
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
-from onnxcomp.obs import compensate
+from onnxcomp.obs import compensate, prune_compensated
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.weights import Weight, weight_table
 
@@ -192,9 +192,12 @@ class ShareWeights(Pass):
         return _Plan(w, bits, array, mask, clustering, distinct)
 
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
-        """Re-fit the layer to the original outputs from its current inputs, then re-cluster those values."""
-        target = hessian.from_matrix(hessian.retarget(hessian.to_matrix(plan.original.astype(np.float64))))
-        target = np.where(plan.mask, target, 0).astype(plan.original.dtype)
+        """Re-fit the layer's nonzero weights to the original outputs from its current inputs (least squares on
+        the kept positions, so pruned weights stay zero), then re-cluster those values."""
+        W = hessian.retarget(hessian.to_matrix(plan.original.astype(np.float64)))
+        keep = hessian.to_matrix(plan.mask)
+        fitted = np.stack([prune_compensated(W[g], hessian.H[g], keep[g]) for g in range(hessian.groups)])
+        target = np.where(plan.mask, hessian.from_matrix(fitted), 0).astype(plan.original.dtype)
         seed = [ctx.seed, zlib.crc32(plan.weight.name.encode("utf-8"))]
         clustering = kmeans1d(target[plan.mask], 1 << plan.bits, self.config.init, seed=seed)
         return _Plan(plan.weight, plan.bits, target, plan.mask, clustering, plan.distinct_before)
