@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from models import builders, paths  # noqa: E402
 from onnxcomp.api import compress  # noqa: E402
 from onnxcomp.calibration import CalibrationData  # noqa: E402
+from onnxcomp.model import Model  # noqa: E402
 from onnxcomp.recipe import load_recipe  # noqa: E402
 from onnxcomp.runtime import InferenceSession, session  # noqa: E402
 
@@ -88,7 +89,7 @@ def run_model(key: str, tmp: Path, seed: int, wanted: list[str]) -> list[list[st
         source = paths.model_path(MODELS[key])
         calib_name, test_name = paths.TRAINED[MODELS[key]]
         calib = str(paths.data_path(calib_name))
-        test = CalibrationData.from_source(str(paths.data_path(test_name)), session(str(source)) and _proto(source),
+        test = CalibrationData.from_source(str(paths.data_path(test_name)), Model.load(source),
                                            batch_size=250)
         base = accuracy(str(source), test)
     original = Path(source).stat().st_size
@@ -116,12 +117,6 @@ def run_model(key: str, tmp: Path, seed: int, wanted: list[str]) -> list[list[st
                      sparsity, f"{seconds:.0f}"])
         print(" | ".join(rows[-1]), flush=True)
     return rows
-
-
-def _proto(path):
-    import onnx
-
-    return onnx.load(str(path))
 
 
 def resnet_speed(tmp: Path, seed: int) -> list[list[str]]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from onnxcomp.calibration import CalibrationData, iter_captures
 from onnxcomp.model import Model
+from onnxcomp.obs import dampened, output_error
 from onnxcomp.weights import Weight
 
 
@@ -48,10 +49,14 @@ class LayerHessian:
             return W
         out = np.empty_like(W, dtype=np.float64)
         for g in range(self.groups):
-            H = self.H[g] + np.eye(self.H.shape[1]) * (damp * float(np.mean(np.diag(self.H[g]))) + 1e-12)
             # W' H = W C^T  (rows: output channels)
-            out[g] = np.linalg.solve(H, self.C[g] @ W[g].T).T
+            out[g] = np.linalg.solve(dampened(self.H[g], damp), self.C[g] @ W[g].T).T
         return out
+
+    def output_error(self, original: np.ndarray, new: np.ndarray) -> float | None:
+        """Relative output change of replacing ``original`` by ``new`` (ONNX layout), over all groups."""
+        return output_error(self.to_matrix(original.astype(np.float64)), self.to_matrix(new.astype(np.float64)),
+                            self.H)
 
     def to_matrix(self, array: np.ndarray) -> np.ndarray:
         """Weight in ONNX layout -> (groups, rows per group, d), columns in H's order."""

@@ -27,13 +27,19 @@ from collections.abc import Callable
 import numpy as np
 
 
+def dampened(H: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """A copy of ``H`` with dead columns' diagonal set to 1 and ``damp * mean(diag H)`` added to the diagonal."""
+    H = np.array(H, dtype=np.float64, copy=True)
+    diag = np.arange(H.shape[0])
+    H[diag, diag] = np.where(H[diag, diag] == 0, 1.0, H[diag, diag])
+    H[diag, diag] += damp * float(np.mean(H[diag, diag]))
+    return H
+
+
 def inverse_cholesky(H: np.ndarray, damp: float = 0.01) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + damp * mean(diag H) * I)^{-1}``, with dead columns fixed."""
-    H = np.array(H, dtype=np.float64, copy=True)
-    dead = np.diag(H) == 0
-    H[dead, dead] = 1.0
+    H = dampened(H, damp)
     diag = np.arange(H.shape[0])
-    H[diag, diag] += damp * float(np.mean(np.diag(H)))
     for attempt in range(6):  # raise the dampening if H is numerically indefinite
         try:
             L = np.linalg.cholesky(H)
@@ -98,10 +104,8 @@ def prune_compensated(
     kept = keep.sum(axis=1).astype(np.float64)
     if float(np.sum(kept**3) / 3 + kept.sum() * W.shape[1]) > exact_budget:
         return compensate(W, H, lambda col, j: np.where(keep[:, j], col, 0.0), damp, block)
-    Hd = np.array(H, dtype=np.float64, copy=True)
-    dead = np.diag(Hd) == 0
-    diag = np.arange(Hd.shape[0])
-    Hd[diag, diag] += damp * float(np.mean(np.diag(Hd))) + dead
+    Hd = dampened(H, damp)
+    dead = np.diag(H) == 0
     out = np.zeros(W.shape, dtype=np.float64)
     for r in range(W.shape[0]):
         k = np.flatnonzero(keep[r] & ~dead)
@@ -111,9 +115,14 @@ def prune_compensated(
     return out
 
 
-def output_error(W: np.ndarray, W_new: np.ndarray, H: np.ndarray) -> float:
-    """Relative output error ``trace(dW H dW^T) / trace(W H W^T)``."""
+def output_error(W: np.ndarray, W_new: np.ndarray, H: np.ndarray) -> float | None:
+    """Relative output error ``trace(dW H dW^T) / trace(W H W^T)``; None when the output is always zero.
+
+    Also for stacked groups: ``W`` (groups, rows, d) with ``H`` (groups, d, d), summed over the groups.
+    """
+    if W.ndim == 2:
+        W, W_new, H = W[None], W_new[None], H[None]
     dW = W_new - W
-    num = float(np.einsum("rd,de,re->", dW, H, dW))
-    den = float(np.einsum("rd,de,re->", W, H, W))
-    return num / den if den > 0 else 0.0
+    num = float(np.einsum("grd,gde,gre->", dW, H, dW))
+    den = float(np.einsum("grd,gde,gre->", W, H, W))
+    return num / den if den > 0 else None

@@ -38,7 +38,7 @@ from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
 from onnxcomp.hessian import LayerHessian, collect_hessians, supports
 from onnxcomp.model import Model
-from onnxcomp.obs import output_error, prune_compensated
+from onnxcomp.obs import prune_compensated
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.search import ncs_minimize
 from onnxcomp.weights import Weight, weight_table
@@ -254,9 +254,7 @@ class _Pruner:
                 errors.append(None)
                 continue
             new = _compensated(self.original[i], keep, hessian, damp)
-            W0 = hessian.to_matrix(self.original[i].astype(np.float64))
-            W1 = hessian.to_matrix(new.astype(np.float64))
-            errors.append(float(np.mean([output_error(W0[g], W1[g], hessian.H[g]) for g in range(hessian.groups)])))
+            errors.append(hessian.output_error(self.original[i], new))
             w.set(new)
         return errors
 

@@ -217,7 +217,7 @@ class ShareWeights(Pass):
             labels = np.full(original.shape, centroids.size, dtype=np.int64)  # zeros: a dummy cluster
             labels[mask] = assign
             kmeans_values = _values(original, mask, centroids, assign, dtype)
-            err_kmeans = _output_err(hessian, original, kmeans_values)
+            err_kmeans = hessian.output_error(original, kmeans_values)
             if err_kmeans is None:
                 result.skipped.append((w.name, "refinement skipped: the layer's input is zero on the calibration data"))
             else:
@@ -226,7 +226,7 @@ class ShareWeights(Pass):
         shared = _values(original, mask, centroids, assign, dtype)
         w.set(shared)
         if err_kmeans is not None:
-            err_refined = _output_err(hessian, original, shared)
+            err_refined = hessian.output_error(original, shared)
         norm = float(np.linalg.norm(original.astype(np.float64)))
         diff = float(np.linalg.norm(original.astype(np.float64) - shared.astype(np.float64)))
         record.update({
@@ -262,15 +262,6 @@ def _values(original: np.ndarray, mask: np.ndarray, centroids: np.ndarray, label
     out = np.zeros(original.shape, dtype=dtype)
     out[mask] = centroids.astype(dtype)[labels]
     return out
-
-
-def _output_err(h: LayerHessian, original: np.ndarray, shared: np.ndarray) -> float | None:
-    """trace((W - W') H (W - W')^T) / trace(W H W^T), summed over groups; None when the input is all zero."""
-    w = h.to_matrix(original.astype(np.float64))
-    e = w - h.to_matrix(shared.astype(np.float64))
-    num = sum(float(np.sum((e[g] @ h.H[g]) * e[g])) for g in range(h.groups))
-    den = sum(float(np.sum((w[g] @ h.H[g]) * w[g])) for g in range(h.groups))
-    return num / den if den > 0 else None
 
 
 def _refine(h: LayerHessian, original: np.ndarray, labels: np.ndarray, c0: np.ndarray, ridge: float) -> np.ndarray:
