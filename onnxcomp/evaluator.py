@@ -89,6 +89,18 @@ class WeightEvaluator:
             worst = min(worst, float(r @ c / norm) if norm > 0 else float(np.array_equal(r, c)))
         return 1.0 - worst
 
+    def distortion(self, weights: dict[str, np.ndarray]) -> float:
+        """Relative squared error of the outputs, ``sum ||y - y_ref||^2 / sum ||y_ref||^2``, averaged over outputs:
+        a continuous measure for sensitivity analysis, where the bound's metric is too coarse."""
+        self.evaluations += 1
+        outs = [self.session.run(self.outputs, {**feed, **weights}) for feed in self.data]
+        total = 0.0
+        for i in range(len(self.outputs)):
+            num = sum(float(np.sum((o[i].astype(np.float64) - r[i]) ** 2)) for o, r in zip(outs, self.reference))
+            den = sum(float(np.sum(r[i].astype(np.float64) ** 2)) for r in self.reference)
+            total += num / den if den > 0 else float(num > 0)
+        return total / len(self.outputs)
+
     def feasible(self, weights: dict[str, np.ndarray]) -> bool:
         return self.drop(weights) <= self.bound.max_drop
 

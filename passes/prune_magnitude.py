@@ -27,12 +27,10 @@ Pruned weights are exact zeros; storage (CSR, Huffman) is decided later by ``pac
 from __future__ import annotations
 
 import fnmatch
-import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
@@ -40,6 +38,7 @@ from onnxcomp.hessian import LayerHessian, collect_hessians, supports
 from onnxcomp.model import Model
 from onnxcomp.obs import prune_compensated
 from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.progress import Progress
 from onnxcomp.search import ncs_minimize
 from onnxcomp.weights import Weight, weight_table
 
@@ -153,7 +152,7 @@ class PruneMagnitude(Pass):
         # over the scan grid: the error grows with the sparsity).
         grid = sorted(s for s in _SCAN if s <= cfg.max_sparsity)
         limit = np.zeros(n)
-        for i in _Progress(range(n), "prune: sensitivity", ctx.progress):
+        for i in Progress(range(n), "prune: sensitivity", ctx.progress):
             lo, hi = -1, len(grid)  # grid[lo] feasible (or none), grid[hi] infeasible (or past the end)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
@@ -178,7 +177,7 @@ class PruneMagnitude(Pass):
             population=cfg.population,
             generations=cfg.generations,
             seed=ctx.seed,
-            progress=_Progress(None, "prune: search", ctx.progress, total=cfg.generations).update_to,
+            progress=Progress(None, "prune: search", ctx.progress, total=cfg.generations).update_to,
         )
         result.summary = (f"auto: {evaluator.evaluations} evaluations ({evaluator.metric} drop <= {cfg.max_drop}), "
                           f"compensated search: {'yes' if hessians else 'no'}")
@@ -257,16 +256,6 @@ class _Pruner:
             errors.append(hessian.output_error(self.original[i], new))
             w.set(new)
         return errors
-
-
-class _Progress(tqdm):
-    """A progress bar on stderr, shown when the context asks for progress and stderr is a terminal."""
-
-    def __init__(self, iterable, desc: str, show: bool, total: int | None = None):
-        super().__init__(iterable, desc=desc, total=total, leave=False, file=sys.stderr, disable=None if show else True)
-
-    def update_to(self, step: int, _best: float) -> None:
-        self.update(step + 1 - self.n)
 
 
 def _compensated(a: np.ndarray, keep: np.ndarray, hessian: LayerHessian, damp: float) -> np.ndarray:

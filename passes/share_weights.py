@@ -43,6 +43,15 @@ Rules:
    weights of its row through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`); zeros stay zero. The centroids are
    then refined for the new assignments as in rule 4.
 6. Values are written back in the weight's own dtype; the tensor keeps its name and shape.
+7. ``bits: auto`` (needs calibration data) gives each layer not fixed by ``bits_per_layer`` a width from
+   ``choices`` (:mod:`onnxcomp.bit_allocation`): every layer is shared at every width (nearest centroids,
+   refined), its error at each width is its relative output error scaled by its sensitivity (the model-output
+   distortion, :meth:`WeightEvaluator.distortion`, when that layer alone takes the narrowest width), and its
+   cost is the entropy of its indices plus the codebook. The Lagrangian path from all-widest to all-narrowest is
+   then bisected for the fewest bytes whose ``metric`` drop against this pass's input model stays within
+   ``max_drop`` on the calibration data, or cut at the first point whose mean width is within ``budget``. The
+   chosen widths then go through rules 1-6 like fixed ones. Weights the evaluator cannot feed (Constant nodes,
+   subgraphs) get the widest choice, with the reason recorded.
 
 Records, one per layer: bits, distinct nonzero values before and after, ``weight_err`` = ||W - W'|| / ||W||,
 and with a Hessian ``output_err_kmeans`` / ``output_err`` = trace((W - W') H (W - W')^T) / trace(W H W^T) for the
@@ -59,11 +68,15 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse
 
+from onnxcomp.bit_allocation import Option, allocation_path, cheapest_feasible, within_budget
+from onnxcomp.errors import PassError
+from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
 from onnxcomp.obs import compensate, prune_compensated
 from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.progress import Progress
 from onnxcomp.weights import Weight, weight_table
 
 _MAX_CHUNK = 1 << 24  # float64 entries of E_k H held at once (128 MiB)
@@ -71,7 +84,7 @@ _MAX_CHUNK = 1 << 24  # float64 entries of E_k H held at once (128 MiB)
 
 @dataclass(frozen=True)
 class ShareWeightsConfig:
-    bits: int = 5  # k = 2^bits shared values per layer
+    bits: int | Literal["auto"] = 5  # k = 2^bits shared values per layer; auto: allocated per layer (rule 7)
     bits_per_layer: dict[str, int] = field(default_factory=dict)  # layer/weight name glob -> bits
     init: Literal["linear", "random", "density", "exact"] = "linear"
     refine: bool = True  # least-squares centroids on calibration data (skipped with a note without it)
@@ -80,9 +93,22 @@ class ShareWeightsConfig:
     ridge: float = 1e-3  # refinement's pull towards the k-means centroids, relative to diag(G)
     compensate: bool = False  # GPTQ-style assignment with OBS error feedback (needs calibration data)
     sequential: bool = False  # layer by layer on already-shared inputs, re-targeted to the original outputs
+    choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # bits: auto: the widths a layer may get
+    metric: Metric = "auto"  # bits: auto: the fidelity bound's metric (onnxcomp.evaluator)
+    max_drop: float = 0.005  # bits: auto: the largest drop of the metric this pass may cause
+    budget: float | None = None  # bits: auto: instead of the bound, an average width (bits per shared weight)
 
     def __post_init__(self) -> None:
-        _check_bits("bits", self.bits)
+        if self.bits != "auto":
+            _check_bits("bits", self.bits)
+        if not self.choices:
+            raise ValueError("choices must list at least one width")
+        for bits in self.choices:
+            _check_bits("choices", bits)
+        if self.max_drop < 0:
+            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
+        if self.budget is not None and not 1 <= self.budget <= 8:
+            raise ValueError(f"budget must be an average width from 1 to 8 bits, got {self.budget}")
         for pattern, bits in self.bits_per_layer.items():
             _check_bits(f"bits_per_layer[{pattern!r}]", bits)
         if self.init not in INITS:
@@ -92,11 +118,12 @@ class ShareWeightsConfig:
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge}")
 
-    def bits_for(self, w: Weight) -> int:
+    def fixed_bits(self, w: Weight) -> int | None:
+        """The width ``bits_per_layer`` or an integer ``bits`` gives ``w``; None when it is to be allocated."""
         for pattern, bits in self.bits_per_layer.items():
             if _matches(w, pattern):
                 return bits
-        return self.bits
+        return None if self.bits == "auto" else self.bits
 
 
 def _check_bits(what: str, bits: Any) -> None:
@@ -125,14 +152,23 @@ class ShareWeights(Pass):
     Config = ShareWeightsConfig
     description = "k-means weight sharing per layer (Deep Compression), centroids refined on calibration data"
 
+    def check_requirements(self, ctx: PassContext) -> None:
+        if self.config.bits == "auto" and ctx.calibration is None:
+            raise PassError(f"pass '{self.name}' needs calibration data for bits: auto: pass --calib DATA "
+                            "(or give fixed bits)")
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
         result = PassResult(modified=False)
-        plans = []
-        for w in weight_table(model):
-            plan = self._plan(w, ctx, result) if w.role == "weight" else None
-            if plan is not None:
-                plans.append(plan)
+        eligible = [(w, a) for w in weight_table(model)
+                    if w.role == "weight" and (a := self._eligible(w, result)) is not None]
+        widths = {w.name: cfg.fixed_bits(w) for w, _ in eligible}
+        allocated = ""
+        if any(b is None for b in widths.values()):
+            chosen, allocated = self._allocate(model, [(w, a) for w, a in eligible if widths[w.name] is None], ctx,
+                                               result)
+            widths.update(chosen)
+        plans = [p for w, a in eligible if (p := self._plan(w, a, widths[w.name], ctx, result)) is not None]
 
         hessians: dict[str, LayerHessian] = {}
         calibrated = cfg.refine and ctx.calibration is not None
@@ -143,7 +179,7 @@ class ShareWeights(Pass):
             # All Hessians come from the unmodified model (collected before any weight is written).
             hessians = collect_hessians(model, [p.weight for p in plans if not p.weight.shared], ctx.calibration)
 
-        for plan in plans:
+        for plan in Progress(plans, "share", ctx.progress):
             w = plan.weight
             if reference is not None and not w.shared:
                 hessian = collect_hessians(model, [w], ctx.calibration, reference=reference).get(w.name)
@@ -159,10 +195,11 @@ class ShareWeights(Pass):
             result.modified = True
         bits = sorted({r["bits"] for r in result.records})
         result.summary = (f"shared {len(result.records)} weights at {'/'.join(map(str, bits))} bits"
-                          if result.records else "no weight shared")
+                          if result.records else "no weight shared") + (f"; {allocated}" if allocated else "")
         return result
 
-    def _plan(self, w: Weight, ctx: PassContext, result: PassResult) -> _Plan | None:
+    def _eligible(self, w: Weight, result: PassResult) -> np.ndarray | None:
+        """The weight's array when rule 1 lets the pass touch it, else None (and the reason recorded)."""
         cfg = self.config
         excluded = next((p for p in cfg.exclude if _matches(w, p)), None)
         if excluded is not None:
@@ -178,7 +215,9 @@ class ShareWeights(Pass):
         if not np.all(np.isfinite(array)):
             result.skipped.append((w.name, "holds NaN or infinity"))
             return None
-        bits = cfg.bits_for(w)
+        return array
+
+    def _plan(self, w: Weight, array: np.ndarray, bits: int, ctx: PassContext, result: PassResult) -> _Plan | None:
         k = 1 << bits
         mask = array != 0
         nonzero = array[mask]
@@ -186,10 +225,90 @@ class ShareWeights(Pass):
         if distinct <= k:
             result.skipped.append((w.name, f"already has {distinct} distinct nonzero values <= k={k} ({bits} bits)"))
             return None
-        # Seeded per weight name, so a weight's codebook does not depend on which other weights the model has.
-        seed = [ctx.seed, zlib.crc32(w.name.encode("utf-8"))]
-        clustering = kmeans1d(nonzero, k, cfg.init, seed=seed)
+        clustering = kmeans1d(nonzero, k, self.config.init, seed=_seed(ctx, w))
         return _Plan(w, bits, array, mask, clustering, distinct)
+
+    def _allocate(self, model: Model, items: list[tuple[Weight, np.ndarray]], ctx: PassContext,
+                  result: PassResult) -> tuple[dict[str, int], str]:
+        """Rule 7: a width per weight from ``choices``, and a summary of the choice."""
+        cfg = self.config
+        choices = sorted(set(cfg.choices))
+        main = {id(n) for n in model.graph.nodes}
+        chosen: dict[str, int] = {}
+        searchable = []
+        for w, a in items:
+            if w.source == "initializer" and all(id(u.node) in main for u in w.uses):
+                searchable.append((w, a))
+            else:
+                chosen[w.name] = choices[-1]
+                result.skipped.append((w.name, f"bits: auto cannot evaluate a weight held in a Constant node or a "
+                                               f"subgraph; it gets the widest choice, {choices[-1]} bits"))
+        if not searchable:
+            return chosen, ""
+        hessians = collect_hessians(model, [w for w, _ in searchable if not w.shared], ctx.calibration)
+        evaluator = WeightEvaluator(model, [w.name for w, _ in searchable], ctx.calibration,
+                                    FidelityBound(cfg.metric, cfg.max_drop))
+        candidates: dict[tuple[str, int], np.ndarray] = {}
+        options = []
+        for w, a in Progress(searchable, "share: widths", ctx.progress):
+            h = hessians.get(w.name)
+            costs = []
+            for bits in choices:
+                values, nbytes = self._candidate(w, a, bits, h, ctx)
+                candidates[(w.name, bits)] = values
+                costs.append((bits, nbytes, _output_error(h, a, values)))
+            # Sensitivity: what the narrowest width of this layer alone does to the model's outputs, per unit of
+            # the layer's own error, makes the layers' errors comparable (and roughly additive).
+            narrowest = costs[0][2]
+            scale = (evaluator.distortion({w.name: candidates[(w.name, choices[0])]}) / narrowest
+                     if narrowest > 0 else 0.0)
+            options.append([Option(b, n, scale * e) for b, n, e in costs])
+        path = allocation_path(options)
+
+        def feeds(alloc) -> dict[str, np.ndarray]:
+            return {w.name: candidates[(w.name, b)] for (w, _), b in zip(searchable, alloc)}
+
+        counts = np.array([np.count_nonzero(a) for _, a in searchable], dtype=np.float64)
+
+        def mean_bits(alloc) -> float:
+            return float(counts @ np.asarray(alloc, dtype=np.float64) / max(counts.sum(), 1.0))
+
+        if cfg.budget is not None:
+            at = within_budget(path, mean_bits, cfg.budget)
+            if at is None:
+                at = len(path) - 1
+                result.skipped.append(("bits: auto", f"budget {cfg.budget} bits is below the narrowest choice"))
+            goal = f"budget {cfg.budget:g} bits"
+        else:
+            at = cheapest_feasible(path, lambda alloc: evaluator.drop(feeds(alloc)) <= cfg.max_drop)
+            if at is None:
+                at = 0
+                result.skipped.append(("bits: auto", f"{evaluator.metric} drop > {cfg.max_drop} even at the widest "
+                                                     f"choice ({choices[-1]} bits); every layer keeps it"))
+            goal = f"{evaluator.metric} drop <= {cfg.max_drop:g}"
+        alloc = path[at]
+        chosen.update({w.name: b for (w, _), b in zip(searchable, alloc)})
+        return chosen, (f"bits: auto ({goal}): {mean_bits(alloc):.2f} bits per weight on average, "
+                        f"{evaluator.evaluations} evaluations")
+
+    def _candidate(self, w: Weight, array: np.ndarray, bits: int, h: LayerHessian | None,
+                   ctx: PassContext) -> tuple[np.ndarray, float]:
+        """The weight shared at ``bits`` (nearest-centroid assignment, refined centroids) and its index bytes
+        (the entropy of its labels, which Huffman coding approaches, plus the codebook)."""
+        k = 1 << bits
+        mask = array != 0
+        nonzero = array[mask]
+        if np.unique(nonzero).size <= k:
+            labels = np.unique(nonzero, return_inverse=True)[1]
+            return array, _entropy_bytes(labels) + 4 * k
+        clustering = kmeans1d(nonzero, k, self.config.init, seed=_seed(ctx, w))
+        centroids = clustering.centroids
+        if h is not None and self.config.refine:
+            labels = np.full(array.shape, centroids.size, dtype=np.int64)
+            labels[mask] = clustering.labels
+            centroids = _refine(h, array, labels, centroids, self.config.ridge)
+        values = _values(array, mask, centroids, clustering.labels, array.dtype)
+        return values, _entropy_bytes(clustering.labels) + 4 * k
 
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
         """Re-fit the layer's nonzero weights to the original outputs from its current inputs (least squares on
@@ -198,8 +317,7 @@ class ShareWeights(Pass):
         keep = hessian.to_matrix(plan.mask)
         fitted = np.stack([prune_compensated(W[g], hessian.H[g], keep[g]) for g in range(hessian.groups)])
         target = np.where(plan.mask, hessian.from_matrix(fitted), 0).astype(plan.original.dtype)
-        seed = [ctx.seed, zlib.crc32(plan.weight.name.encode("utf-8"))]
-        clustering = kmeans1d(target[plan.mask], 1 << plan.bits, self.config.init, seed=seed)
+        clustering = kmeans1d(target[plan.mask], 1 << plan.bits, self.config.init, seed=_seed(ctx, plan.weight))
         return _Plan(plan.weight, plan.bits, target, plan.mask, clustering, plan.distinct_before)
 
     def _apply(self, plan: _Plan, hessian: LayerHessian | None, result: PassResult) -> dict[str, Any]:
@@ -236,6 +354,26 @@ class ShareWeights(Pass):
             "output_err": err_refined,
         })
         return record
+
+
+def _seed(ctx: PassContext, w: Weight) -> list[int]:
+    """Seeded per weight name, so a weight's codebook does not depend on which other weights the model has."""
+    return [ctx.seed, zlib.crc32(w.name.encode("utf-8"))]
+
+
+def _entropy_bytes(labels: np.ndarray) -> float:
+    counts = np.bincount(labels.ravel())
+    p = counts[counts > 0] / labels.size
+    return float(-(p * np.log2(p)).sum() * labels.size / 8)
+
+
+def _output_error(h: LayerHessian | None, original: np.ndarray, new: np.ndarray) -> float:
+    """The layer's relative output error from its Hessian, else the relative squared weight error."""
+    err = h.output_error(original, new) if h is not None else None
+    if err is not None:
+        return err
+    den = float(np.sum(original.astype(np.float64) ** 2))
+    return float(np.sum((original.astype(np.float64) - new) ** 2)) / den if den > 0 else 0.0
 
 
 def _compensated_assignment(h: LayerHessian, original: np.ndarray, mask: np.ndarray,

@@ -259,6 +259,10 @@ def test_refine_without_calibration_is_a_note() -> None:
     ({"bits_per_layer": {"fc*": 12}}, "bits_per_layer['fc*'] must be an integer from 1 to 8"),
     ({"init": "kmeans++"}, "init"),
     ({"min_elements": -1}, "min_elements"),
+    ({"bits": "many"}, "bits"),
+    ({"bits": "auto", "choices": [2, 9]}, "choices must be an integer from 1 to 8"),
+    ({"bits": "auto", "budget": 0.5}, "budget"),
+    ({"bits": "auto", "max_drop": -0.1}, "max_drop"),
 ])
 def test_recipe_rejects_bad_options(options: dict, word: str) -> None:
     with pytest.raises(RecipeError) as err:
@@ -368,3 +372,39 @@ def test_sequential_sharing_corrects_upstream_error() -> None:
         kernels = [w.array for w in weight_table(result.model) if w.role == "weight"]
         assert all(np.unique(k[k != 0]).size <= 4 for k in kernels)
     assert cosines[True] > cosines[False]
+
+
+# -- bits: auto ------------------------------------------------------------------------------------------
+def test_auto_bits_meets_the_bound_with_mixed_widths() -> None:
+    """The allocation gives different widths where layers differ in sensitivity, stays within the bound on the
+    calibration data, and costs fewer index bits than the widest choice everywhere."""
+    options = {"bits": "auto", "choices": [2, 3, 4, 6], "metric": "agreement", "max_drop": 0.01, "refine": True}
+    model, step, fidelity = _share(LENET, options)
+    widths = {r["weight"]: r["bits"] for r in step.records}
+    assert len(widths) == 3 and min(widths.values()) < 6
+    assert "bits: auto (agreement drop <= 0.01)" in step.summary
+    calib = CalibrationData.from_source(str(CALIB), Model.load(LENET))
+    agree = evaluate(LENET, model.to_proto(), calib)
+    assert agree.outputs[0].top1_agreement >= 0.99 - 1e-9
+    assert fidelity.accuracy_drop <= 0.01
+
+
+def test_auto_bits_budget_sets_the_mean_width() -> None:
+    model, step, _ = _share(LENET, {"bits": "auto", "choices": [2, 3, 4, 5, 6], "budget": 3.0})
+    counts = {w.name: np.count_nonzero(w.array) for w in weight_table(model) if w.role == "weight"}
+    widths = {r["weight"]: r["bits"] for r in step.records}
+    mean = sum(counts[n] * b for n, b in widths.items()) / sum(counts[n] for n in widths)
+    assert mean <= 3.0 and max(widths.values()) > 2  # the budget is spent unevenly
+
+
+def test_auto_bits_needs_calibration() -> None:
+    from onnxcomp.errors import PassError
+
+    with pytest.raises(PassError, match="bits: auto"):
+        compress(LENET, recipe={"passes": [{"share_weights": {"bits": "auto"}}]})
+
+
+def test_bits_per_layer_is_not_reallocated() -> None:
+    _, step, _ = _share(LENET, {"bits": "auto", "choices": [2, 3], "budget": 2.0, "bits_per_layer": {"fc3*": 7}})
+    widths = {r["weight"]: r["bits"] for r in step.records}
+    assert widths["fc3.weight"] == 7 and {widths["fc1.weight"], widths["fc2.weight"]} <= {2, 3}
