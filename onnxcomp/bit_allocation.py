@@ -15,6 +15,10 @@ the bit allocation of HAWQ-V3 and of rate-distortion codecs):
 proxy error rises. :func:`cheapest_feasible` bisects the path with a real check (e.g. a
 :class:`onnxcomp.evaluator.WeightEvaluator` bound), assuming that a point beyond an infeasible one is infeasible
 too; :func:`within_budget` takes the first point that fits a byte budget.
+
+:func:`search_widths` is the driver the passes share (weight sharing, quantization): it prices every layer at
+every width with a pass-given ``candidate`` function, measures each layer's sensitivity with one
+:class:`~onnxcomp.evaluator.WeightEvaluator`, and picks the point of the path.
 """
 
 from __future__ import annotations
@@ -22,6 +26,21 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnxcomp.evaluator import FidelityBound, WeightEvaluator
+from onnxcomp.hessian import LayerHessian, collect_hessians
+from onnxcomp.progress import Progress
+
+if TYPE_CHECKING:
+    from onnxcomp.model import Model
+    from onnxcomp.pipeline import PassContext, PassResult
+    from onnxcomp.weights import Weight
+
+# (weight, its array, bits, its input Hessian or None, context) -> (the weight at that width, its stored bytes)
+Candidate = Callable[["Weight", np.ndarray, int, "LayerHessian | None", "PassContext"], tuple[np.ndarray, float]]
 
 
 @dataclass(frozen=True)
@@ -102,3 +121,95 @@ def within_budget(path: Sequence[Sequence[int]], cost: Callable[[Sequence[int]],
         if cost(alloc) <= budget:
             return i
     return None
+
+
+def search_widths(
+    model: Model,
+    items: Sequence[tuple[Weight, np.ndarray]],
+    ctx: PassContext,
+    result: PassResult,
+    choices: Sequence[int],
+    candidate: Candidate,
+    bound: FidelityBound,
+    budget: float | None = None,
+) -> tuple[dict[str, int], str]:
+    """A width from ``choices`` for each weight of ``items``, and a one-line summary.
+
+    Each layer is priced at every width by ``candidate``; its error there is its relative output error (input
+    Hessian, else relative squared weight error) times its sensitivity, the model-output distortion
+    (:meth:`WeightEvaluator.distortion`) when that layer alone takes the narrowest width. The path of
+    :func:`allocation_path` is then cut at the mean width ``budget`` (weighted by nonzero weights) or bisected for
+    the fewest bytes whose ``bound`` holds on the calibration data. Weights the evaluator cannot feed (held in
+    Constant nodes or subgraphs) get the widest choice, recorded in ``result.skipped``.
+    """
+    choices = sorted(set(choices))
+    main = {id(n) for n in model.graph.nodes}
+    chosen: dict[str, int] = {}
+    searchable = []
+    for w, a in items:
+        if w.source == "initializer" and all(id(u.node) in main for u in w.uses):
+            searchable.append((w, a))
+        else:
+            chosen[w.name] = choices[-1]
+            result.skipped.append((w.name, f"widths: cannot evaluate a weight held in a Constant node or a subgraph; "
+                                           f"it gets the widest choice, {choices[-1]} bits"))
+    if not searchable:
+        return chosen, ""
+    hessians = collect_hessians(model, [w for w, _ in searchable if not w.shared], ctx.calibration)
+    evaluator = WeightEvaluator(model, [w.name for w, _ in searchable], ctx.calibration, bound)
+    candidates: dict[tuple[str, int], np.ndarray] = {}
+    options = []
+    for w, a in Progress(searchable, "widths", ctx.progress):
+        h = hessians.get(w.name)
+        costs = []
+        for bits in choices:
+            values, nbytes = candidate(w, a, bits, h, ctx)
+            candidates[(w.name, bits)] = values
+            costs.append((bits, nbytes, output_error(h, a, values)))
+        narrowest = costs[0][2]
+        scale = (evaluator.distortion({w.name: candidates[(w.name, choices[0])]}) / narrowest
+                 if narrowest > 0 else 0.0)
+        options.append([Option(b, n, scale * e) for b, n, e in costs])
+    path = allocation_path(options)
+    counts = np.array([np.count_nonzero(a) for _, a in searchable], dtype=np.float64)
+
+    def mean_bits(alloc: Sequence[int]) -> float:
+        return float(counts @ np.asarray(alloc, dtype=np.float64) / max(counts.sum(), 1.0))
+
+    def feasible(alloc: Sequence[int]) -> bool:
+        feeds = {w.name: candidates[(w.name, b)] for (w, _), b in zip(searchable, alloc)}
+        return evaluator.drop(feeds) <= bound.max_drop
+
+    if budget is not None:
+        at = within_budget(path, mean_bits, budget)
+        if at is None:
+            at = len(path) - 1
+            result.skipped.append(("widths", f"budget {budget:g} bits is below the narrowest choice"))
+        goal = f"budget {budget:g} bits"
+    else:
+        at = cheapest_feasible(path, feasible)
+        if at is None:
+            at = 0
+            result.skipped.append(("widths", f"{evaluator.metric} drop > {bound.max_drop:g} even at the widest "
+                                             f"choice ({choices[-1]} bits); every layer keeps it"))
+        goal = f"{evaluator.metric} drop <= {bound.max_drop:g}"
+    alloc = path[at]
+    chosen.update({w.name: b for (w, _), b in zip(searchable, alloc)})
+    return chosen, (f"bits: auto ({goal}): {mean_bits(alloc):.2f} bits per weight on average, "
+                    f"{evaluator.evaluations} evaluations")
+
+
+def entropy_bytes(symbols: np.ndarray) -> float:
+    """Bytes of ``symbols`` (non-negative ints) at their empirical entropy, which Huffman coding approaches."""
+    counts = np.bincount(np.asarray(symbols).ravel())
+    p = counts[counts > 0] / max(symbols.size, 1)
+    return float(-(p * np.log2(p)).sum() * symbols.size / 8)
+
+
+def output_error(h: LayerHessian | None, original: np.ndarray, new: np.ndarray) -> float:
+    """The layer's relative output error from its Hessian, else the relative squared weight error."""
+    err = h.output_error(original, new) if h is not None else None
+    if err is not None:
+        return err
+    den = float(np.sum(original.astype(np.float64) ** 2))
+    return float(np.sum((original.astype(np.float64) - new) ** 2)) / den if den > 0 else 0.0

@@ -68,9 +68,9 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse
 
-from onnxcomp.bit_allocation import Option, allocation_path, cheapest_feasible, within_budget
+from onnxcomp.bit_allocation import entropy_bytes, search_widths
 from onnxcomp.errors import PassError
-from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
+from onnxcomp.evaluator import FidelityBound, Metric
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
@@ -232,64 +232,8 @@ class ShareWeights(Pass):
                   result: PassResult) -> tuple[dict[str, int], str]:
         """Rule 7: a width per weight from ``choices``, and a summary of the choice."""
         cfg = self.config
-        choices = sorted(set(cfg.choices))
-        main = {id(n) for n in model.graph.nodes}
-        chosen: dict[str, int] = {}
-        searchable = []
-        for w, a in items:
-            if w.source == "initializer" and all(id(u.node) in main for u in w.uses):
-                searchable.append((w, a))
-            else:
-                chosen[w.name] = choices[-1]
-                result.skipped.append((w.name, f"bits: auto cannot evaluate a weight held in a Constant node or a "
-                                               f"subgraph; it gets the widest choice, {choices[-1]} bits"))
-        if not searchable:
-            return chosen, ""
-        hessians = collect_hessians(model, [w for w, _ in searchable if not w.shared], ctx.calibration)
-        evaluator = WeightEvaluator(model, [w.name for w, _ in searchable], ctx.calibration,
-                                    FidelityBound(cfg.metric, cfg.max_drop))
-        candidates: dict[tuple[str, int], np.ndarray] = {}
-        options = []
-        for w, a in Progress(searchable, "share: widths", ctx.progress):
-            h = hessians.get(w.name)
-            costs = []
-            for bits in choices:
-                values, nbytes = self._candidate(w, a, bits, h, ctx)
-                candidates[(w.name, bits)] = values
-                costs.append((bits, nbytes, _output_error(h, a, values)))
-            # Sensitivity: what the narrowest width of this layer alone does to the model's outputs, per unit of
-            # the layer's own error, makes the layers' errors comparable (and roughly additive).
-            narrowest = costs[0][2]
-            scale = (evaluator.distortion({w.name: candidates[(w.name, choices[0])]}) / narrowest
-                     if narrowest > 0 else 0.0)
-            options.append([Option(b, n, scale * e) for b, n, e in costs])
-        path = allocation_path(options)
-
-        def feeds(alloc) -> dict[str, np.ndarray]:
-            return {w.name: candidates[(w.name, b)] for (w, _), b in zip(searchable, alloc)}
-
-        counts = np.array([np.count_nonzero(a) for _, a in searchable], dtype=np.float64)
-
-        def mean_bits(alloc) -> float:
-            return float(counts @ np.asarray(alloc, dtype=np.float64) / max(counts.sum(), 1.0))
-
-        if cfg.budget is not None:
-            at = within_budget(path, mean_bits, cfg.budget)
-            if at is None:
-                at = len(path) - 1
-                result.skipped.append(("bits: auto", f"budget {cfg.budget} bits is below the narrowest choice"))
-            goal = f"budget {cfg.budget:g} bits"
-        else:
-            at = cheapest_feasible(path, lambda alloc: evaluator.drop(feeds(alloc)) <= cfg.max_drop)
-            if at is None:
-                at = 0
-                result.skipped.append(("bits: auto", f"{evaluator.metric} drop > {cfg.max_drop} even at the widest "
-                                                     f"choice ({choices[-1]} bits); every layer keeps it"))
-            goal = f"{evaluator.metric} drop <= {cfg.max_drop:g}"
-        alloc = path[at]
-        chosen.update({w.name: b for (w, _), b in zip(searchable, alloc)})
-        return chosen, (f"bits: auto ({goal}): {mean_bits(alloc):.2f} bits per weight on average, "
-                        f"{evaluator.evaluations} evaluations")
+        return search_widths(model, items, ctx, result, cfg.choices, self._candidate,
+                             FidelityBound(cfg.metric, cfg.max_drop), cfg.budget)
 
     def _candidate(self, w: Weight, array: np.ndarray, bits: int, h: LayerHessian | None,
                    ctx: PassContext) -> tuple[np.ndarray, float]:
@@ -300,7 +244,7 @@ class ShareWeights(Pass):
         nonzero = array[mask]
         if np.unique(nonzero).size <= k:
             labels = np.unique(nonzero, return_inverse=True)[1]
-            return array, _entropy_bytes(labels) + 4 * k
+            return array, entropy_bytes(labels) + 4 * k
         clustering = kmeans1d(nonzero, k, self.config.init, seed=_seed(ctx, w))
         centroids = clustering.centroids
         if h is not None and self.config.refine:
@@ -308,7 +252,7 @@ class ShareWeights(Pass):
             labels[mask] = clustering.labels
             centroids = _refine(h, array, labels, centroids, self.config.ridge)
         values = _values(array, mask, centroids, clustering.labels, array.dtype)
-        return values, _entropy_bytes(clustering.labels) + 4 * k
+        return values, entropy_bytes(clustering.labels) + 4 * k
 
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
         """Re-fit the layer's nonzero weights to the original outputs from its current inputs (least squares on
@@ -359,21 +303,6 @@ class ShareWeights(Pass):
 def _seed(ctx: PassContext, w: Weight) -> list[int]:
     """Seeded per weight name, so a weight's codebook does not depend on which other weights the model has."""
     return [ctx.seed, zlib.crc32(w.name.encode("utf-8"))]
-
-
-def _entropy_bytes(labels: np.ndarray) -> float:
-    counts = np.bincount(labels.ravel())
-    p = counts[counts > 0] / labels.size
-    return float(-(p * np.log2(p)).sum() * labels.size / 8)
-
-
-def _output_error(h: LayerHessian | None, original: np.ndarray, new: np.ndarray) -> float:
-    """The layer's relative output error from its Hessian, else the relative squared weight error."""
-    err = h.output_error(original, new) if h is not None else None
-    if err is not None:
-        return err
-    den = float(np.sum(original.astype(np.float64) ** 2))
-    return float(np.sum((original.astype(np.float64) - new) ** 2)) / den if den > 0 else 0.0
 
 
 def _compensated_assignment(h: LayerHessian, original: np.ndarray, mask: np.ndarray,
