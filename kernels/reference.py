@@ -2,8 +2,9 @@
 
 ``DecodeWeight(blob) -> weight``: parse the uint8 blob (:func:`onnxcomp.codecs.stack.from_blob`, which checks
 magic, version, CRC, lengths and Huffman tables) and decode it exactly
-(:func:`onnxcomp.codecs.stack.decode_weight`). When the node's ``shape`` / ``dtype`` attributes are given they
-must match the blob. Every problem is a :class:`~onnxcomp.errors.CodecError` naming the weight.
+(:func:`onnxcomp.codecs.stack.decode_weight`): a float tensor, or the int8/uint8 codes of a quantized weight.
+When the node's ``shape`` / ``dtype`` attributes are given they must match the blob. Every problem is a
+:class:`~onnxcomp.errors.CodecError` naming the weight.
 """
 
 from __future__ import annotations

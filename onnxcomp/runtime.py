@@ -4,11 +4,11 @@
 onnxruntime's usual optimisations, and turns onnxruntime's refusal of a model into an :class:`OnnxcompError`.
 Models larger than protobuf's 2 GB limit are handed to onnxruntime by path.
 
-Packed models hold ``ai.onnxcomp.DecodeWeight`` nodes (a uint8 blob in, a float weight out; see
-``kernels/schema.py``). Their output never depends on the feeds, so :func:`unpack` runs each one once with the
-numpy reference (:mod:`onnxcomp.kernels.reference`) and puts the result back as a float initializer of the same
-name: the model becomes plain ONNX that stock onnxruntime runs. :func:`session` and :class:`InferenceSession`
-do this at load whenever a model holds such nodes.
+Packed models hold ``ai.onnxcomp.DecodeWeight`` nodes (a uint8 blob in, a float weight or the int8/uint8 codes
+of a quantized weight out; see ``kernels/schema.py``). Their output never depends on the feeds, so :func:`unpack`
+runs each one once with the numpy reference (:mod:`onnxcomp.kernels.reference`) and puts the result back as an
+initializer of the same name and type: the model becomes plain ONNX that stock onnxruntime runs.
+:func:`session` and :class:`InferenceSession` do this at load whenever a model holds such nodes.
 """
 
 from __future__ import annotations

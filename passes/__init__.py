@@ -8,7 +8,9 @@ from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
 from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.pack_weights import PackWeights
 from onnxcomp.passes.prune_magnitude import PruneMagnitude
+from onnxcomp.passes.quantize_weights import QuantizeWeights
 from onnxcomp.passes.share_weights import ShareWeights
+from onnxcomp.passes.shorten_names import ShortenNames
 
 PASSES = {
     cls.name: cls
@@ -19,7 +21,9 @@ PASSES = {
         EliminateDead,
         PruneMagnitude,
         ShareWeights,
+        QuantizeWeights,
         PackWeights,
+        ShortenNames,
     )
 }
 
@@ -31,5 +35,7 @@ __all__ = [
     "FoldConstants",
     "PackWeights",
     "PruneMagnitude",
+    "QuantizeWeights",
     "ShareWeights",
+    "ShortenNames",
 ]

@@ -11,6 +11,9 @@ pass decides how they are *stored*, exactly. Two formats:
 - ``packed``: ``W = ai.onnxcomp.DecodeWeight(blob)`` with ``blob`` the uint8 serialisation of the cheapest exact
   codec stack (:mod:`onnxcomp.codecs.stack`: CSR relative indices with filler zeros, codebook indices, Huffman),
   expanded into a float initializer once at load by :mod:`onnxcomp.runtime` (or ``onnxcomp unpack``).
+  The int8/uint8 codes of quantized weights (``quantize_weights``: ``DequantizeLinear(W_quantized, scale, zp)``)
+  are packed the same way: 3-bit codes held in int8 take 3 bits (bit-packed codebook indices) or fewer (Huffman),
+  and DecodeWeight gives back the exact int8/uint8 tensor that DequantizeLinear reads.
 
 Rules:
 1. Only layer kernels (weight-table role ``weight``) of at least ``min_elements`` elements are considered.
@@ -20,6 +23,10 @@ Rules:
    ``packed`` refuses weights whose blob is not smaller than the float tensor.
 4. The weight's tensor name survives: it becomes the output of the Gather / DecodeWeight node, which is placed
    first in the graph (or where the Constant node that held the weight was).
+5. ``packed`` also lowers integer constants read only as the quantized input (slot 0) of DequantizeLinear
+   nodes, under rules 1-4 (at least ``min_elements`` codes, one graph, not a graph output) and only when the blob
+   is smaller than the int8/uint8 tensor; int4/int2 codes stay as they are (already stored at their width).
+   ``standard`` leaves all integer codes as they are: DequantizeLinear is standard ONNX.
 
 Each lowered weight gives a record: layer, weight, format, encoding, bytes before/after, bytes by section.
 """
@@ -37,12 +44,21 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxcomp.kernels import schema
 
 from onnxcomp.codecs.stack import dense_codebook, encode_weight, to_blob
-from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
+from onnxcomp.graph_edit import (
+    detach,
+    is_graph_output,
+    is_standard,
+    node_label,
+    replace_uses,
+    tensor_names,
+    unique_name,
+)
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
-from onnxcomp.weights import Weight, weight_table
+from onnxcomp.weights import Use, Weight, weight_table
 
 _UINT4_OPSET = 21  # Cast from UINT4 (and UINT4 tensors in general) is ai.onnx opset 21
+_PACKED_CODES = (np.int8, np.uint8)  # integer codes the packed format stores (stack.py's integer dtypes)
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,17 @@ class PackWeights(Pass):
                     continue
                 reason = record_or_reason
             result.skipped.append((w.name, reason))
+        if cfg.format == "packed":
+            for w in _quantized_codes(model):
+                reason = _refusal(w, owner, cfg.min_elements, codes=True)
+                if reason is None:
+                    record_or_reason = _lower_packed(model, owner[id(w.uses[0].node)], w, cfg, names)
+                    if isinstance(record_or_reason, dict):
+                        result.records.append(record_or_reason)
+                        result.modified = True
+                        continue
+                    reason = record_or_reason
+                result.skipped.append((w.name, reason))
         before = sum(r["bytes_before"] for r in result.records)
         after = sum(r["bytes_after"] for r in result.records)
         result.summary = (f"{len(result.records)} weights {cfg.format}: {before:,} B -> {after:,} B"
@@ -90,9 +117,15 @@ class PackWeights(Pass):
         return result
 
 
-def _refusal(w: Weight, owner: dict[int, gs.Graph], min_elements: int) -> str | None:
+def _refusal(w: Weight, owner: dict[int, gs.Graph], min_elements: int, codes: bool = False) -> str | None:
     if w.size < min_elements:
         return f"{w.size} elements, below min_elements {min_elements}"
+    if codes:
+        other = next((u for u in w.uses if not (is_standard(u.node, "DequantizeLinear") and u.slot == 0)), None)
+        if other is not None:
+            return f"integer tensor also read by {node_label(other.node)} (input {other.slot})"
+        if np.dtype(w.tensor.dtype) not in _PACKED_CODES:  # the dtype, not the values: int4 stays lazy
+            return f"{np.dtype(w.tensor.dtype)} codes are kept as they are (packed blobs hold int8/uint8 codes)"
     graphs = {id(owner.get(id(u.node))) for u in w.uses}
     if w.producer is not None:
         graphs.add(id(owner.get(id(w.producer))))
@@ -140,7 +173,8 @@ def _lower_packed(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, nam
     values = w.array
     enc = encode_weight(values, allow_sparse=cfg.sparse, allow_huffman=cfg.huffman, name=w.name)
     if enc.nbytes >= values.nbytes:
-        return f"packed blob ({enc.nbytes:,} B, {enc.describe()}) is not smaller than the float tensor"
+        kind = "float" if values.dtype.kind == "f" else str(values.dtype)
+        return f"packed blob ({enc.nbytes:,} B, {enc.describe()}) is not smaller than the {kind} tensor"
     blob = gs.Constant(unique_name(w.name + "_packed", names), to_blob(enc))
     attrs = {schema.DECODE_ATTR_SHAPE: list(enc.shape),
              schema.DECODE_ATTR_DTYPE: int(onnx.helper.np_dtype_to_tensor_dtype(values.dtype))}
@@ -167,5 +201,42 @@ def _take_weight_name(graph: gs.Graph, w: Weight) -> tuple[gs.Variable, int]:
 def _record(w: Weight, fmt: str, encoding: str, sections: dict[str, int]) -> dict:
     before = int(w.array.nbytes)
     after = int(sum(sections.values()))
-    return {"layer": w.layer, "weight": w.name, "format": fmt, "encoding": encoding, "bytes_before": before,
+    layer = w.layer
+    if w.array.dtype.kind != "f":  # quantized codes: the layer is what reads the DequantizeLinear's output
+        readers = w.primary.node.outputs[0].outputs if w.primary.node.outputs else []
+        layer = node_label(readers[0]) if readers else layer
+    return {"layer": layer, "weight": w.name, "format": fmt, "encoding": encoding, "bytes_before": before,
             "bytes_after": after, "ratio": round(before / max(after, 1), 2), "sections": dict(sections)}
+
+
+def _quantized_codes(model: Model) -> list[Weight]:
+    """Integer constants (initializers or Constant nodes, any graph) that some DequantizeLinear reads as its
+    quantized input, each once with all its uses (as :func:`~onnxcomp.weights.weight_table` lists floats)."""
+    found: dict[int, Weight] = {}
+    dequantized: set[int] = set()
+    for graph in model.graphs():
+        for node in graph.nodes:
+            for slot, tensor in enumerate(node.inputs):
+                producer = None
+                if not isinstance(tensor, gs.Constant):
+                    if len(tensor.inputs) != 1 or not is_standard(tensor.inputs[0], "Constant"):
+                        continue
+                    producer, tensor = tensor.inputs[0], tensor.inputs[0].attrs.get("value")
+                    if not isinstance(tensor, gs.Constant):
+                        continue
+                if not _is_integer(tensor.dtype):
+                    continue
+                entry = found.setdefault(id(tensor), Weight(tensor, producer, []))
+                entry.uses.append(Use(node, slot))
+                if slot == 0 and is_standard(node, "DequantizeLinear"):
+                    dequantized.add(id(tensor))
+    return [w for key, w in found.items() if key in dequantized]
+
+
+def _is_integer(dtype) -> bool:
+    """Integer element types, the narrow ones (ml_dtypes int4/int2, not numpy integers) included."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return False
+    return dtype.kind in "iu" or dtype.name in ("int4", "uint4", "int2", "uint2")

@@ -42,7 +42,10 @@ Rules:
    order, each weight snapped to its nearest centroid and the rounding error pushed onto the not-yet-snapped
    weights of its row through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`); zeros stay zero. The centroids are
    then refined for the new assignments as in rule 4.
-6. Values are written back in the weight's own dtype; the tensor keeps its name and shape.
+6. Zero is always a level: a weight nearer to 0.0 than to every centroid becomes 0.0 (free in storage, where
+   zeros are gaps or codebook entry 0). Without it a channel of ~0 weights (a BN-folded channel whose gamma is
+   ~0) would jump to the smallest centroid and feed noise downstream. Values are written back in the weight's
+   own dtype; the tensor keeps its name and shape.
 7. ``bits: auto`` (needs calibration data) gives each layer not fixed by ``bits_per_layer`` a width from
    ``choices`` (:mod:`onnxcomp.bit_allocation`): every layer is shared at every width (nearest centroids,
    refined), its error at each width is its relative output error scaled by its sensitivity (the model-output
@@ -247,12 +250,13 @@ class ShareWeights(Pass):
             return array, entropy_bytes(labels) + 4 * k
         clustering = kmeans1d(nonzero, k, self.config.init, seed=_seed(ctx, w))
         centroids = clustering.centroids
+        assign = _snap(nonzero, centroids)
         if h is not None and self.config.refine:
             labels = np.full(array.shape, centroids.size, dtype=np.int64)
-            labels[mask] = clustering.labels
+            labels[mask] = assign
             centroids = _refine(h, array, labels, centroids, self.config.ridge)
-        values = _values(array, mask, centroids, clustering.labels, array.dtype)
-        return values, entropy_bytes(clustering.labels) + 4 * k
+        values = _values(array, mask, centroids, assign, array.dtype)
+        return values, entropy_bytes(assign) + 4 * k
 
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
         """Re-fit the layer's nonzero weights to the original outputs from its current inputs (least squares on
@@ -271,7 +275,7 @@ class ShareWeights(Pass):
         record: dict[str, Any] = {"layer": w.layer, "weight": w.name, "bits": plan.bits,
                                   "method": plan.clustering.method, "distinct_before": plan.distinct_before}
         err_kmeans = err_refined = None
-        assign = plan.clustering.labels
+        assign = _snap(original[mask], centroids)
         if hessian is not None and self.config.compensate:
             assign = _compensated_assignment(hessian, original, mask, centroids)
             record["compensated"] = True
@@ -308,26 +312,30 @@ def _seed(ctx: PassContext, w: Weight) -> list[int]:
 def _compensated_assignment(h: LayerHessian, original: np.ndarray, mask: np.ndarray,
                             centroids: np.ndarray) -> np.ndarray:
     """Cluster labels of the nonzero weights chosen with OBS error feedback (rule 5)."""
-    order = np.argsort(centroids)
-    sorted_c = centroids[order]
-    mids = (sorted_c[1:] + sorted_c[:-1]) / 2
-
-    def nearest(values: np.ndarray) -> np.ndarray:
-        return order[np.searchsorted(mids, values)]
-
+    levels = np.append(centroids, 0.0)
     W = h.to_matrix(original.astype(np.float64))
     M = h.to_matrix(mask)
     out = np.empty_like(W)
     for g in range(h.groups):
-        out[g] = compensate(W[g], h.H[g], lambda col, j, keep=M[g]: np.where(keep[:, j], centroids[nearest(col)], 0.0))
-    return nearest(h.from_matrix(out)[mask])
+        out[g] = compensate(W[g], h.H[g],
+                            lambda col, j, keep=M[g]: np.where(keep[:, j], levels[_snap(col, centroids)], 0.0))
+    return _snap(h.from_matrix(out)[mask], centroids)
+
+
+def _snap(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Label of the nearest level of each value: a centroid ``0..k-1``, or ``k`` for 0.0 (rule 6)."""
+    order = np.argsort(centroids)
+    sorted_c = centroids[order]
+    labels = order[np.searchsorted((sorted_c[1:] + sorted_c[:-1]) / 2, values)]
+    return np.where(np.abs(values) < np.abs(values - centroids[labels]), centroids.size, labels)
 
 
 def _values(original: np.ndarray, mask: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
             dtype: np.dtype) -> np.ndarray:
-    """The shared tensor: centroids (in the weight's dtype) at the clustered positions, exact zeros elsewhere."""
+    """The shared tensor: centroids (in the weight's dtype) at the clustered positions (label k: 0.0), exact
+    zeros elsewhere."""
     out = np.zeros(original.shape, dtype=dtype)
-    out[mask] = centroids.astype(dtype)[labels]
+    out[mask] = np.append(centroids, 0.0).astype(dtype)[labels]
     return out
 
 

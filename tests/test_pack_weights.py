@@ -15,8 +15,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.kernels import schema
-from onnxcomp.passes import PackWeights
+from onnxcomp.kernels import reference, schema
+from onnxcomp.passes import PackWeights, QuantizeWeights
 from onnxcomp.passes.pack_weights import PackConfig
 
 from onnxcomp import runtime
@@ -254,3 +254,80 @@ def test_runtime_decodes_in_subgraphs_and_keeps_buffers_alive():
     plain = runtime.unpack(proto)
     assert {t.name for t in plain.graph.initializer} == {"W1"}  # b1/b2 gone; W2 lives in the branch
     assert "ai.onnxcomp" not in {o.domain for o in plain.opset_import}
+
+
+# -- integer codes of quantized weights (quantize_weights -> DequantizeLinear) ------------------------------------
+@pytest.fixture(scope="module")
+def lenet_w3() -> onnx.ModelProto:
+    """LeNet-300-100 with 3-bit symmetric per-channel weights: int8 codes in -3..3 + DequantizeLinear."""
+    model = Model.load(LENET)
+    QuantizeWeights(QuantizeWeights.Config(bits=3)).run(model, PassContext())
+    return model.to_proto()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_integer_codes_roundtrip_through_the_codec_stack(dtype):
+    codes = (np.random.default_rng(7).integers(0, 5, (40, 30)) - (2 if dtype == np.int8 else 0)).astype(dtype)
+    enc = encode_weight(codes, name="W")
+    assert enc.dtype == np.dtype(dtype).name and enc.describe().startswith("codebook(k=5")
+    assert enc.nbytes < codes.nbytes * 3 / 8 + 200  # 3-bit indices (or Huffman) + header
+    back = reference.decode_weight(to_blob(enc), [40, 30], helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+    assert back.dtype == dtype and np.array_equal(back, codes)
+    with pytest.raises(CodecError, match="dtype"):  # the node attribute must agree with the blob
+        reference.decode_weight(to_blob(enc), [40, 30], TensorProto.FLOAT)
+
+
+def test_packed_3bit_codes_roundtrip_bit_exactly(lenet_w3, feed):
+    packed, result = _pack(lenet_w3, format="packed", min_elements=100)
+    assert [r["weight"] for r in result.records] == [f"fc{i}.weight_quantized" for i in (3, 2, 1)]
+    assert result.skipped == []
+    for record in result.records:
+        assert record["layer"] == record["weight"].replace(".weight_quantized", "").replace("fc", "/fc") + "/Gemm"
+        assert record["encoding"].startswith("codebook(k=7")
+        assert record["bytes_after"] < record["bytes_before"] * 3 / 8 + 1000
+    decode = [n for n in packed.graph.node if n.op_type == schema.DECODE_OP]
+    assert len(decode) == 3 and _ops(packed).count("DequantizeLinear") == 3
+    assert {a.i for n in decode for a in n.attribute if a.name == "dtype"} == {TensorProto.INT8}
+    # onnxcomp's session decodes the codes and runs stock onnxruntime: the very outputs of the int8 model
+    assert np.abs(runtime.InferenceSession(packed).run(None, feed)[0] - _float_run(lenet_w3, feed)).max() == 0
+    plain = runtime.unpack(packed)
+    assert _ops(plain) == _ops(lenet_w3) and "ai.onnxcomp" not in {o.domain for o in plain.opset_import}
+    want = {t.name: numpy_helper.to_array(t) for t in lenet_w3.graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in plain.graph.initializer}
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and np.array_equal(got[name], value), name
+
+
+def test_standard_keeps_integer_codes_and_packed_needs_a_gain(lenet_w3):
+    out, result = _pack(lenet_w3, format="standard", min_elements=100)
+    assert not result.modified and out.SerializeToString() == Model.load(lenet_w3).to_proto().SerializeToString()
+    # Uniform weights give 8-bit codes spread evenly over 255 values: no blob is smaller than the int8 tensor.
+    w = np.random.default_rng(9).uniform(-1, 1, (64, 32)).astype(np.float32)
+    model = Model.load(_tiny_matmul(w))
+    QuantizeWeights(QuantizeWeights.Config(bits=8, clip="none")).run(model, PassContext())
+    _, result = _pack(model.to_proto(), format="packed", min_elements=100)
+    [(name, why)] = result.skipped
+    assert name == "W_quantized" and "not smaller than the int8 tensor" in why
+
+
+def test_int4_codes_are_kept():
+    w = np.random.default_rng(8).standard_normal((64, 32)).astype(np.float32)
+    model = Model.load(_tiny_matmul(w, opset=21))
+    QuantizeWeights(QuantizeWeights.Config(bits=3)).run(model, PassContext())
+    out, result = _pack(model.to_proto(), format="packed", min_elements=100)
+    assert not result.modified and result.skipped == [("W_quantized", "int4 codes are kept as they are "
+                                                                      "(packed blobs hold int8/uint8 codes)")]
+    assert {t.name: t.data_type for t in out.graph.initializer}["W_quantized"] == TensorProto.INT4
+
+
+def test_malformed_integer_blob_is_a_codec_error(lenet_w3):
+    packed, _ = _pack(lenet_w3, format="packed", min_elements=100)
+    blob = next(t for t in packed.graph.initializer if t.name.startswith("fc2.weight_quantized"))
+    data = bytearray(blob.raw_data)
+    data[len(data) // 2] ^= 0x5A
+    blob.raw_data = bytes(data)
+    with pytest.raises(CodecError, match="malformed packed weight 'fc2.weight_quantized'.*CRC"):
+        runtime.InferenceSession(packed)
+    with pytest.raises(CodecError, match="CRC"):
+        runtime.unpack(packed)

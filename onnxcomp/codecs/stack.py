@@ -1,10 +1,12 @@
 """The cheapest exact encoding of one weight, and its serialisation into a single uint8 blob.
 
 Passes decide a weight's *values* (pruning leaves exact zeros, weight sharing leaves at most ``2**bits``
-distinct values); this module decides how they are *stored*, losslessly. :func:`encode_weight` prices every
-applicable stack in exact bytes and keeps the cheapest:
+distinct values, quantization leaves ``b``-bit integer codes); this module decides how they are *stored*,
+losslessly. Weights are float16/32/64 tensors or the int8/uint8 codes of quantized weights (3-bit codes held in
+int8 have at most 8 distinct values, so the codebook stack stores them in 3 bits each, or fewer with Huffman).
+:func:`encode_weight` prices every applicable stack in exact bytes and keeps the cheapest:
 
-- ``plain``: the raw little-endian floats;
+- ``plain``: the raw little-endian values;
 - ``codebook`` (at most 256 distinct values): the distinct values (the codebook, index 0 is 0.0 whenever the
   tensor holds zeros) + one index per element, bit-packed at ``ceil(log2 k)`` bits or Huffman coded;
 - ``sparse`` (Deep Compression, :mod:`onnxcomp.codecs.csr`): the nonzeros with relative indices of ``b`` bits
@@ -49,7 +51,7 @@ MAX_CODEBOOK = 256
 MAX_ELEMENTS = 1 << 32  # a blob may not ask for more than this (a crafted one could otherwise exhaust memory)
 SECTION_KINDS = ("values", "indices", "codebook", "gaps", "huffman tables", "header")
 _HEADER = struct.Struct("<4sHHII")
-_DTYPES = ("float16", "float32", "float64")
+_DTYPES = ("float16", "float32", "float64", "int8", "uint8")
 _CODINGS = ("packed", "huffman")
 
 
@@ -103,7 +105,7 @@ class EncodedWeight:
 # -- encoding --------------------------------------------------------------------------------------------
 def encode_weight(array: np.ndarray, *, allow_sparse: bool = True, allow_codebook: bool = True,
                   allow_huffman: bool = True, name: str = "") -> EncodedWeight:
-    """The cheapest exact encoding of ``array`` (float16/32/64) among the allowed stacks."""
+    """The cheapest exact encoding of ``array`` (float16/32/64, int8/uint8) among the allowed stacks."""
     arr = np.asarray(array)
     if arr.dtype.name not in _DTYPES:
         raise CodecError(f"cannot pack weight {name!r}: dtype {arr.dtype} is not one of {', '.join(_DTYPES)}")

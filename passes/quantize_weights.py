@@ -1,0 +1,602 @@
+"""Weight-only quantization: integer weights + ``DequantizeLinear``, rounded to nearest or GPTQ-style.
+
+Each layer kernel ``W`` is replaced by ``b``-bit integer codes ``q`` and a scale (and zero point), and the graph
+reconstructs ``W' = (q - zp) * scale`` with a standard ``DequantizeLinear`` node whose output keeps ``W``'s name,
+so the consumers are untouched and stock onnxruntime runs the model. The grids (restricted symmetric, asymmetric
+with an exact zero, binary at 1 bit) and the MSE-optimal clipping search are :mod:`onnxcomp.qscheme`'s.
+
+Rounding. ``nearest`` rounds every weight to its nearest grid point. ``gptq`` (Frantar et al., "GPTQ: Accurate
+Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023) minimises the layer's output
+error ``trace((W - W') H (W - W')^T)`` with ``H = E[x x^T]`` the input Gram matrix from calibration data
+(:mod:`onnxcomp.hessian`): with the grid of every row fixed beforehand (from the weights, after the clip search),
+columns are rounded one after another and each column's rounding error is pushed onto the columns not yet
+rounded through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`). Columns go in order of decreasing ``diag(H)``
+(``act_order``: the inputs that matter most are rounded while the most columns remain to absorb their error).
+When the layer has a Hessian (``gptq``, ``auto`` or ``sequential`` with calibration data) the clip search weighs
+each weight by its input's ``diag(H)``.
+
+onnxruntime (1.32, default optimization level) turns ``DequantizeLinear -> MatMul`` with per-tensor or
+per-column scales into ``com.microsoft.MatMulNBits``, whose default accuracy level quantizes the activations to
+int8 on the fly (about 0.5% relative output error on top of the weights' own); the session option
+``session.qdq_matmulnbits_accuracy_level = 1`` keeps float arithmetic. Conv and Gemm read the dequantized
+weights as they are.
+
+Rules:
+1. Fires on weight-table entries with role ``weight`` (Conv/ConvTranspose/Gemm/MatMul kernels, LSTM/GRU/RNN W
+   and R), in the main graph, in subgraphs and in Constant nodes. ``skipped`` lists every other weight-table entry
+   with its reason: biases and norm parameters (role), names matching an ``exclude`` glob (layer or weight name),
+   fewer than ``min_elements`` elements, float64 tensors (``DequantizeLinear`` outputs float32/float16 only),
+   NaN/infinity, weights that already feed a Quantize/DequantizeLinear, weights read by a non-standard node (it
+   may need a constant), and weights that are graph outputs.
+2. ``bits`` (1..8; ``bits_per_layer`` maps layer or weight name globs to their own width, first match wins).
+   ``granularity``: ``per_channel`` gives each output channel (the weight's layout ``out_axis``: Conv axis 0,
+   Gemm 0 or 1 by ``transB``, MatMul ``[K, N]`` axis 1) its own scale (and zero point); a weight without an output
+   axis falls back to ``per_tensor``.
+3. ``scheme``: ``symmetric`` or ``asymmetric``; ``auto`` quantizes the layer both ways and keeps the one with the
+   lower output error (Hessian-weighted when the layer has one, else the weight MSE).
+4. ``rounding: gptq`` needs calibration data and a layer with an input Hessian (Conv with explicit pads, Gemm,
+   2-D MatMul kernels) used by one node; other layers are rounded to nearest, with the reason in ``skipped``.
+   ``sequential`` quantizes layers in graph order, each one's Hessian measured on the partly quantized model and
+   its weights first re-targeted to reproduce the ORIGINAL model's outputs from its quantized inputs
+   (:meth:`onnxcomp.hessian.LayerHessian.retarget`, whose ridge pulls towards the original weights), so upstream
+   error is corrected instead of accumulated.
+5. Lowering: ``W`` becomes ``W_quantized`` (INT8/UINT8; INT4/UINT4 from opset 21 and INT2/UINT2 from opset 25
+   when the codes fit, see :func:`onnxcomp.qscheme.storage_type`), ``W_scale`` (W's float type), ``W_zero_point``
+   (asymmetric only) and ``DequantizeLinear(axis=out_axis)``. ``DequantizeLinear`` needs ai.onnx opset 10, 13 per
+   axis, 19 for float16 scales: the model's default opset is raised to what is needed (and to ``opset`` when
+   given, e.g. 21 for int4 storage) only when that cannot change any node's meaning (:func:`opset_refusal`);
+   otherwise the weights that need it are skipped with the reason. The node goes first in the innermost graph that
+   encloses every use (or where the Constant node was). A weight used by several nodes is quantized once.
+6. Narrower codes than the storage type (3-bit values in int8) are stored at their real width by
+   ``pack_weights`` (``format: packed``), which bit-packs or Huffman-codes the integers.
+7. Mixed precision, ``bits: auto`` (needs calibration data): every layer not fixed by ``bits_per_layer`` gets a
+   width from ``choices`` by :func:`onnxcomp.bit_allocation.search_widths`: each layer is quantized at every
+   width (with the configured scheme, clipping and rounding), its cost is the entropy of its codes plus its
+   scales, its error is its Hessian output error scaled by its measured sensitivity, and the Lagrangian path from
+   all-widest to all-narrowest is cut at the mean width ``budget`` or bisected for the fewest bytes whose
+   ``metric`` drop stays within ``max_drop`` on the calibration data. The chosen widths are in the records.
+
+Records, one per layer: layer, weight, bits, scheme, granularity, rounding, clip, storage, ``weight_err``
+(``||W - W'|| / ||W||``), ``output_err`` (``trace(dW H dW^T) / trace(W H W^T)`` when the layer has a Hessian, else
+None), with GPTQ also ``output_err_nearest`` (the same grid rounded to nearest), and bytes before/after.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnx.defs
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
+from tqdm import tqdm
+
+from onnxcomp import qscheme
+from onnxcomp.bit_allocation import entropy_bytes, search_widths
+from onnxcomp.errors import PassError
+from onnxcomp.evaluator import FidelityBound, Metric
+from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
+from onnxcomp.hessian import LayerHessian, collect_hessians, supports
+from onnxcomp.model import Model
+from onnxcomp.obs import compensate
+from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.qscheme import QScheme
+from onnxcomp.weights import Weight, weight_table
+
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+_DQ_OPSET, _DQ_AXIS_OPSET, _DQ_FLOAT16_OPSET = 10, 13, 19
+# Ops whose behaviour changed at a version without a change of signature (coerced 2-D -> one axis at 13).
+_MEANING_CHANGED = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+
+
+@dataclass(frozen=True)
+class QuantizeWeightsConfig:
+    bits: int | Literal["auto"] = 8  # auto: a width per layer (rule 7)
+    bits_per_layer: dict[str, int] = field(default_factory=dict)  # layer/weight name glob -> bits
+    scheme: Literal["symmetric", "asymmetric", "auto"] = "symmetric"
+    granularity: Literal["per_channel", "per_tensor"] = "per_channel"
+    rounding: Literal["nearest", "gptq"] = "nearest"
+    clip: Literal["none", "mse"] = "mse"  # MSE-optimal range per channel/tensor (qscheme)
+    exclude: tuple[str, ...] = ()  # layer/weight name globs left float
+    min_elements: int = 256
+    damp: float = 0.01  # GPTQ/retarget dampening, relative to mean(diag H)
+    act_order: bool = True  # GPTQ: columns by decreasing diag(H)
+    sequential: bool = False  # layer by layer on already-quantized inputs, re-targeted to the original outputs
+    opset: int = 0  # raise the default opset to at least this when safe (21: int4 storage, 25: int2); 0: as needed
+    choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # bits: auto: the widths a layer may get
+    metric: Metric = "auto"  # bits: auto: the fidelity bound's metric (onnxcomp.evaluator)
+    max_drop: float = 0.005  # bits: auto: the largest drop of the metric this pass may cause
+    budget: float | None = None  # bits: auto: instead of the bound, an average width (bits per weight)
+
+    def __post_init__(self) -> None:
+        if self.bits != "auto":
+            _check_bits("bits", self.bits)
+        if not self.choices:
+            raise ValueError("choices must list at least one width")
+        for bits in self.choices:
+            _check_bits("choices", bits)
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or self.max_drop < 0:
+            raise ValueError(f"max_drop must be a number >= 0, got {self.max_drop!r}")
+        if self.budget is not None and not 1 <= self.budget <= 8:
+            raise ValueError(f"budget must be an average width from 1 to 8 bits, got {self.budget}")
+        for pattern, bits in self.bits_per_layer.items():
+            _check_bits(f"bits_per_layer[{pattern!r}]", bits)
+        for name, allowed in (
+            ("scheme", ("symmetric", "asymmetric", "auto")),
+            ("granularity", ("per_channel", "per_tensor")),
+            ("rounding", ("nearest", "gptq")),
+            ("clip", qscheme.CLIP_SEARCHES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if isinstance(self.min_elements, bool) or not isinstance(self.min_elements, int) or self.min_elements < 0:
+            raise ValueError(f"min_elements must be an integer >= 0, got {self.min_elements!r}")
+        if not (isinstance(self.damp, (int, float)) and 0 < self.damp < 1):
+            raise ValueError(f"damp must be a number in (0, 1), got {self.damp!r}")
+        if (
+            isinstance(self.opset, bool)
+            or not isinstance(self.opset, int)
+            or not (self.opset == 0 or _DQ_OPSET <= self.opset <= onnx.defs.onnx_opset_version())
+        ):
+            raise ValueError(
+                f"opset must be 0 or an ai.onnx opset from {_DQ_OPSET} to "
+                f"{onnx.defs.onnx_opset_version()}, got {self.opset!r}"
+            )
+
+    def fixed_bits(self, w: Weight) -> int | None:
+        """The width ``bits_per_layer`` or an integer ``bits`` gives ``w``; None when it is to be allocated."""
+        for pattern, bits in self.bits_per_layer.items():
+            if _matches(w, pattern):
+                return bits
+        return None if self.bits == "auto" else self.bits
+
+
+def _check_bits(what: str, bits: Any) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"{what} must be an integer from 1 to 8, got {bits!r}")
+
+
+def _matches(w: Weight, pattern: str) -> bool:
+    return fnmatchcase(w.layer, pattern) or fnmatchcase(w.name, pattern)
+
+
+@dataclass
+class _Plan:
+    """One weight to quantize and what its lowering needs."""
+
+    weight: Weight
+    bits: int
+    axis: int | None  # output-channel axis for per-channel scales, None per tensor
+    original: np.ndarray
+
+    @property
+    def opset(self) -> int:
+        """The lowest default opset whose DequantizeLinear can hold this weight."""
+        need = _DQ_AXIS_OPSET if self.axis is not None else _DQ_OPSET
+        return max(need, _DQ_FLOAT16_OPSET) if self.original.dtype == np.float16 else need
+
+
+@dataclass
+class _Quantized:
+    """The decision for one weight: codes, grid and the errors to report."""
+
+    scheme: QScheme
+    q: np.ndarray  # int32 codes, W's shape
+    scale: np.ndarray
+    zero_point: np.ndarray
+    values: np.ndarray  # dequantized, W's dtype (bit-identical to DequantizeLinear's output)
+    rounding: str
+    output_err: float | None
+    output_err_nearest: float | None = None
+
+
+class QuantizeWeights(Pass):
+    name = "quantize_weights"
+    Config = QuantizeWeightsConfig
+    description = "weight-only integer quantization + DequantizeLinear (round-to-nearest or GPTQ)"
+
+    def check_requirements(self, ctx: PassContext) -> None:
+        if self.config.bits == "auto" and ctx.calibration is None:
+            raise PassError(
+                f"pass '{self.name}' needs calibration data for bits: auto: pass --calib DATA (or give fixed bits)"
+            )
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        cfg = self.config
+        result = PassResult(modified=False)
+        plans = []
+        for w in weight_table(model):
+            plan = self._plan(model, w, result)
+            if plan is not None:
+                plans.append(plan)
+        plans = self._settle_opset(model, plans, result)
+        allocated = self._allocate(model, [p for p in plans if not p.bits], ctx, result)
+
+        calibrated = ctx.calibration is not None
+        wants_hessian = cfg.rounding == "gptq" or cfg.scheme == "auto" or cfg.sequential
+        if plans and not calibrated:
+            if cfg.rounding == "gptq":
+                result.skipped.append(("gptq", "no calibration data: weights rounded to nearest"))
+            if cfg.sequential:
+                result.skipped.append(("sequential", "no calibration data: layers are not re-targeted"))
+        # Layer inputs are captured from the main graph: a kernel used once, there, can have a Hessian.
+        main = {id(n) for n in model.graph.nodes}
+        measurable = {
+            p.weight.name
+            for p in plans
+            if not p.weight.shared and id(p.weight.primary.node) in main and supports(p.weight)
+        }
+        hessians: dict[str, LayerHessian] = {}
+        reference = model.copy() if calibrated and wants_hessian and cfg.sequential and plans else None
+        if calibrated and wants_hessian and plans and reference is None:
+            hessians = collect_hessians(
+                model, [p.weight for p in plans if p.weight.name in measurable], ctx.calibration
+            )
+
+        decided = []
+        for plan in tqdm(
+            plans, desc="quantize", unit="layer", leave=False, file=sys.stderr, disable=None if ctx.progress else True
+        ):
+            w = plan.weight
+            target = plan.original.astype(np.float64)
+            hessian = None
+            if reference is not None and w.name in measurable:
+                hessian = collect_hessians(model, [w], ctx.calibration, reference=reference).get(w.name)
+                if hessian is not None:
+                    target = hessian.from_matrix(hessian.retarget(hessian.to_matrix(target), cfg.damp))
+            else:
+                hessian = hessians.get(w.name)
+            if cfg.rounding == "gptq" and calibrated and hessian is None:
+                if w.shared:
+                    why = f"shared by {len(w.uses)} nodes"
+                elif id(w.primary.node) not in main:
+                    why = "inside a subgraph"
+                else:
+                    why = f"no input Hessian for {w.primary.op}"
+                result.skipped.append((w.name, f"gptq skipped: {why} (rounded to nearest)"))
+            chosen = self._quantize(plan, target, hessian)
+            w.set(chosen.values)  # later layers (sequential) see the quantized values
+            decided.append((plan, chosen))
+
+        names = tensor_names(model.graphs())
+        owner, parent = _graph_tree(model)
+        for plan, chosen in decided:
+            result.records.append(_lower(model, plan, chosen, cfg, names, owner, parent))
+            result.modified = True
+        if result.records:
+            kinds = sorted({f"W{r['bits']} {r['scheme'][:4]} {r['rounding']}" for r in result.records})
+            before = sum(r["bytes_before"] for r in result.records)
+            after = sum(r["bytes_after"] for r in result.records)
+            result.summary = (
+                f"quantized {len(result.records)} weights ({', '.join(kinds)}): {before:,} B -> {after:,} B"
+            )
+        else:
+            result.summary = "no weight quantized"
+        if allocated:
+            result.summary += f"; {allocated}"
+        return result
+
+    def _allocate(self, model: Model, plans: list[_Plan], ctx: PassContext, result: PassResult) -> str:
+        """Rule 7: set the width of every plan not fixed by ``bits``/``bits_per_layer``; a summary line."""
+        if not plans:
+            return ""
+        cfg = self.config
+        by_name = {p.weight.name: p for p in plans}
+
+        def candidate(w: Weight, array: np.ndarray, bits: int, h: LayerHessian | None,
+                      _ctx: PassContext) -> tuple[np.ndarray, float]:
+            found = self._quantize(_Plan(w, bits, by_name[w.name].axis, array), array.astype(np.float64), h)
+            params = found.scale.size * array.itemsize + (0 if found.scheme.symmetric else found.zero_point.size)
+            return found.values, entropy_bytes(found.q - found.q.min()) + params
+
+        chosen, summary = search_widths(model, [(p.weight, p.original) for p in plans], ctx, result, cfg.choices,
+                                        candidate, FidelityBound(cfg.metric, cfg.max_drop), cfg.budget)
+        for p in plans:
+            p.bits = chosen[p.weight.name]
+        return summary
+
+    # -- which weights, and at which opset ------------------------------------------------------------------
+    def _plan(self, model: Model, w: Weight, result: PassResult) -> _Plan | None:
+        cfg = self.config
+        reason = _refusal(model, w, cfg)
+        if reason is not None:
+            result.skipped.append((w.name, reason))
+            return None
+        layout = w.layout
+        axis = None
+        if cfg.granularity == "per_channel" and layout is not None and layout.out_axis is not None and len(w.shape):
+            axis = layout.out_axis
+        return _Plan(w, cfg.fixed_bits(w) or 0, axis, w.array)  # 0: allocated by _allocate (rule 7)
+
+    def _settle_opset(self, model: Model, plans: list[_Plan], result: PassResult) -> list[_Plan]:
+        """Raise the default opset to what the plans (and ``opset``) need when that is safe; drop what cannot be
+        lowered at the opset the model keeps."""
+        current = model.opset
+        wanted = max([self.config.opset, *(p.opset for p in plans)]) if plans else current
+        if wanted > current:
+            refusal = opset_refusal(model, wanted)
+            if refusal is None:
+                _set_opset(model, wanted)
+                current = wanted
+            else:
+                result.skipped.append(("opset", f"kept at {current}: raising it to {wanted} {refusal}"))
+        kept = []
+        for p in plans:
+            if p.opset <= current:
+                kept.append(p)
+                continue
+            what = (
+                "float16 scales"
+                if p.original.dtype == np.float16 and p.opset == _DQ_FLOAT16_OPSET
+                else ("per-axis scales" if p.axis is not None else "DequantizeLinear")
+            )
+            result.skipped.append((p.weight.name, f"{what} need ai.onnx opset {p.opset}; the model has {current}"))
+        return kept
+
+    # -- the values -------------------------------------------------------------------------------------------
+    def _quantize(self, plan: _Plan, target: np.ndarray, hessian: LayerHessian | None) -> _Quantized:
+        cfg = self.config
+        kinds = (True, False) if cfg.scheme == "auto" else (cfg.scheme == "symmetric",)
+        best = None
+        for symmetric in kinds:
+            scheme = QScheme(plan.bits, symmetric, plan.axis is not None)
+            found = self._quantize_as(plan, target, hessian, scheme)
+            if best is None or _score(found, target) < _score(best, target):
+                best = found
+        return best
+
+    def _quantize_as(
+        self, plan: _Plan, target: np.ndarray, hessian: LayerHessian | None, scheme: QScheme
+    ) -> _Quantized:
+        cfg = self.config
+        axis = plan.axis or 0
+        importance = None
+        if hessian is not None:
+            diag = np.stack([np.diag(h) for h in hessian.H])[:, None, :]  # (groups, 1, d)
+            importance = hessian.from_matrix(np.broadcast_to(diag, hessian.to_matrix(target).shape).copy())
+        scale, zp = qscheme.qparams(target, scheme, axis, cfg.clip, importance, dtype=plan.original.dtype)
+        q = qscheme.quantize(target, scale, zp, scheme.bits, scheme.symmetric, axis)
+        rounding, err_nearest = "nearest", None
+        if cfg.rounding == "gptq" and hessian is not None:
+            err_nearest = hessian.output_error(target, qscheme.dequantize(q, scale, zp, axis))
+            swept = _gptq(hessian, target, scale, zp, scheme, cfg.damp, cfg.act_order)
+            q = qscheme.quantize(swept, scale, zp, scheme.bits, scheme.symmetric, axis)
+            rounding = "gptq"
+        values = qscheme.dequantize(q, scale, zp, axis).astype(plan.original.dtype)
+        err = hessian.output_error(target, values) if hessian is not None else None
+        return _Quantized(scheme, q, scale, zp, values, rounding, err, err_nearest)
+
+
+def _score(found: _Quantized, target: np.ndarray) -> float:
+    """What ``auto`` compares: the output error when there is a Hessian, else the weight MSE."""
+    if found.output_err is not None:
+        return found.output_err
+    return float(np.sum((found.values.astype(np.float64) - target) ** 2))
+
+
+def _gptq(
+    h: LayerHessian,
+    target: np.ndarray,
+    scale: np.ndarray,
+    zp: np.ndarray,
+    scheme: QScheme,
+    damp: float,
+    act_order: bool,
+) -> np.ndarray:
+    """GPTQ rounding of ``target`` (ONNX layout) on the fixed grid: the grid values it chose, float64."""
+    W = h.to_matrix(target)  # (groups, rows, d); row (g, r) is output channel g * rows + r
+    groups, rows, d = W.shape
+    s = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (groups * rows,)).reshape(groups, rows)
+    z = np.broadcast_to(np.asarray(zp, np.float64).reshape(-1), (groups * rows,)).reshape(groups, rows)
+    binary = scheme.symmetric and scheme.bits == 1
+    out = np.empty_like(W)
+    for g in range(groups):
+        H = h.H[g]
+        order = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(d)
+
+        def nearest(col: np.ndarray, _j: int, s=s[g], z=z[g]) -> np.ndarray:
+            return qscheme.snap(col, s, z, scheme.qmin, scheme.qmax, binary)
+
+        out[g][:, order] = compensate(W[g][:, order], H[np.ix_(order, order)], nearest, damp)
+    return h.from_matrix(out)
+
+
+# -- refusals and the opset ----------------------------------------------------------------------------------
+def _refusal(model: Model, w: Weight, cfg: QuantizeWeightsConfig) -> str | None:
+    qdq = next((u.node for u in w.uses if is_standard(u.node, *_QDQ_OPS)), None)
+    if qdq is not None:
+        return f"already feeds a {qdq.op}"
+    if w.role != "weight":
+        return f"{w.role} tensor: only layer kernels are quantized"
+    excluded = next((p for p in cfg.exclude if _matches(w, p)), None)
+    if excluded is not None:
+        return f"excluded by name (pattern {excluded!r})"
+    if w.size < cfg.min_elements:
+        return f"{w.size} elements < min_elements {cfg.min_elements}"
+    array = w.array
+    if array.dtype == np.float64:
+        return "float64 tensor: DequantizeLinear outputs float32 or float16"
+    if not np.all(np.isfinite(array)):
+        return "holds NaN or infinity"
+    foreign = next((u.node for u in w.uses if not is_standard(u.node)), None)
+    if foreign is not None:
+        return f"read by a {foreign.domain}.{foreign.op} node, which may need a constant"
+    tensor = w.producer.outputs[0] if w.producer is not None else w.tensor
+    if any(is_graph_output(g, tensor) for g in model.graphs()):
+        return "the weight is a graph output"
+    return None
+
+
+def opset_refusal(model: Model, target: int) -> str | None:
+    """None when raising the default opset to ``target`` keeps every node's meaning, else why not.
+
+    Safe when, for every ai.onnx node of every graph, the schema at ``target`` equals the one at the model's
+    opset, or extends it compatibly: the same inputs and outputs in the same places (new ones only optional, at
+    the end), the same attributes with the same types, requiredness and defaults (new ones only optional), and
+    at least the same element types; and the op is not one whose behaviour changed without a signature change
+    (Softmax, LogSoftmax, Hardmax at 13). Models with local functions are refused (their opset imports must
+    agree with the model's).
+    """
+    current = model.opset
+    if _has_functions(model):
+        return "is not attempted: the model has local functions"
+    checked: set[str] = set()
+    for graph in model.graphs():
+        for node in graph.nodes:
+            if not is_standard(node) or node.op in checked:
+                continue
+            checked.add(node.op)
+            try:
+                old = onnx.defs.get_schema(node.op, current, "")
+                new = onnx.defs.get_schema(node.op, target, "")
+            except onnx.defs.SchemaError:
+                return f"is not safe: no schema for {node.op} at opset {current} or {target}"
+            if old.since_version == new.since_version:
+                continue
+            why = "its behaviour changed" if node.op in _MEANING_CHANGED else _schema_change(old, new)
+            if why:
+                return f"is not safe: {node.op} changes from version {old.since_version} to {new.since_version} ({why})"
+    return None
+
+
+def _schema_change(old: onnx.defs.OpSchema, new: onnx.defs.OpSchema) -> str | None:
+    for kind in ("inputs", "outputs"):
+        a, b = getattr(old, kind), getattr(new, kind)
+        if len(b) < len(a) or any((x.name, x.option) != (y.name, y.option) for x, y in zip(a, b)):
+            return f"{kind} differ"
+        if any(y.option != onnx.defs.OpSchema.FormalParameterOption.Optional for y in b[len(a) :]):
+            return f"new required {kind}"
+    for name, attr in old.attributes.items():
+        other = new.attributes.get(name)
+        if other is None or (attr.type, attr.required, attr.default_value) != (
+            other.type,
+            other.required,
+            other.default_value,
+        ):
+            return f"attribute {name!r} differs"
+    if any(a.required for name, a in new.attributes.items() if name not in old.attributes):
+        return "new required attribute"
+    types = {t.type_param_str: set(t.allowed_type_strs) for t in new.type_constraints}
+    for t in old.type_constraints:
+        if not set(t.allowed_type_strs) <= types.get(t.type_param_str, set()):
+            return f"type constraint {t.type_param_str} differs"
+    return None
+
+
+def _has_functions(model: Model) -> bool:
+    return bool(len(model._shell.functions))  # a model-level field: Model keeps it in its shell, without accessor
+
+
+def _set_opset(model: Model, version: int) -> None:
+    """Set the default-domain opset import (model-level: ``Model`` keeps it in its shell) and graphsurgeon's."""
+    shell = model._shell  # Model exposes the opsets read-only; they live in its shell
+    for entry in shell.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = version
+            break
+    else:
+        shell.opset_import.append(onnx.helper.make_opsetid("", version))
+    model.graph.opset = version
+
+
+# -- lowering ------------------------------------------------------------------------------------------------
+def _lower(
+    model: Model,
+    plan: _Plan,
+    chosen: _Quantized,
+    cfg: QuantizeWeightsConfig,
+    names: set[str],
+    owner: dict[int, gs.Graph],
+    parent: dict[int, gs.Graph | None],
+) -> dict[str, Any]:
+    w, scheme = plan.weight, chosen.scheme
+    name, layer = w.name, w.layer  # before the Constant node that may hold the weight is detached
+    elem = qscheme.storage_type(scheme.bits, scheme.symmetric, model.opset)
+    codes = _integer_constant(unique_name(w.name + "_quantized", names), chosen.q, elem)
+    scale = gs.Constant(unique_name(w.name + "_scale", names), np.ascontiguousarray(chosen.scale))
+    inputs = [codes, scale]
+    zp_bytes = 0
+    if not scheme.symmetric:
+        inputs.append(_integer_constant(unique_name(w.name + "_zero_point", names), chosen.zero_point, elem))
+        zp_bytes = _stored_bytes(chosen.zero_point.size, elem)
+    attrs = {"axis": plan.axis} if plan.axis is not None else {}
+    node_name = unique_name(w.name + "_dequantize", names)
+    graph, at, out = _take_weight_name(w, owner, parent)
+    graph.nodes.insert(at, gs.Node("DequantizeLinear", name=node_name, inputs=inputs, outputs=[out], attrs=attrs))
+
+    original = plan.original.astype(np.float64)
+    norm = float(np.linalg.norm(original))
+    diff = float(np.linalg.norm(original - chosen.values.astype(np.float64)))
+    after = _stored_bytes(chosen.q.size, elem) + int(chosen.scale.nbytes) + zp_bytes
+    return {
+        "layer": layer,
+        "weight": name,
+        "bits": scheme.bits,
+        "scheme": "symmetric" if scheme.symmetric else "asymmetric",
+        "granularity": "per_channel" if plan.axis is not None else "per_tensor",
+        "rounding": chosen.rounding,
+        "clip": cfg.clip,
+        "storage": onnx.TensorProto.DataType.Name(elem).lower(),
+        "weight_err": diff / norm if norm > 0 else 0.0,
+        "output_err": chosen.output_err,
+        "output_err_nearest": chosen.output_err_nearest,
+        "bytes_before": int(plan.original.nbytes),
+        "bytes_after": after,
+    }
+
+
+def _integer_constant(name: str, values: np.ndarray, elem: int) -> gs.Constant:
+    """An integer initializer of ONNX type ``elem``; 2/4-bit types go through a TensorProto (graphsurgeon
+    cannot export them from numpy)."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    array = np.ascontiguousarray(np.asarray(values).astype(dtype))
+    if qscheme.storage_bits(elem) == 8:
+        return gs.Constant(name, array)
+    proto = numpy_helper.from_array(array, name)
+    return gs.Constant(name, LazyValues(proto))
+
+
+def _stored_bytes(count: int, elem: int) -> int:
+    return (count * qscheme.storage_bits(elem) + 7) // 8
+
+
+def _graph_tree(model: Model) -> tuple[dict[int, gs.Graph], dict[int, gs.Graph | None]]:
+    """The graph owning each node, and each graph's enclosing graph (None for the main graph)."""
+    owner: dict[int, gs.Graph] = {}
+    parent: dict[int, gs.Graph | None] = {id(model.graph): None}
+    for graph in model.graphs():
+        for node in graph.nodes:
+            owner[id(node)] = graph
+            for attr in node.attrs.values():
+                for sub in attr if isinstance(attr, list) else [attr]:
+                    if isinstance(sub, gs.Graph):
+                        parent[id(sub)] = graph
+    return owner, parent
+
+
+def _take_weight_name(
+    w: Weight, owner: dict[int, gs.Graph], parent: dict[int, gs.Graph | None]
+) -> tuple[gs.Graph, int, gs.Variable]:
+    """Where the DequantizeLinear goes and the variable under the weight's name that it will produce (rule 5)."""
+    if w.producer is not None:  # a Constant node: its output variable (name, consumers) is kept
+        graph = owner[id(w.producer)]
+        out = w.producer.outputs[0]
+        at = next(i for i, n in enumerate(graph.nodes) if n is w.producer)
+        detach(graph, w.producer)
+        return graph, at, out
+    chains = []
+    for use in w.uses:
+        chain, g = [], owner[id(use.node)]
+        while g is not None:
+            chain.append(g)
+            g = parent[id(g)]
+        chains.append(chain)
+    common = next(g for g in chains[0] if all(any(g is c for c in chain) for chain in chains[1:]))
+    out = gs.Variable(w.tensor.name, dtype=w.array.dtype, shape=list(w.shape))
+    replace_uses(w.tensor, out)
+    return common, 0, out
