@@ -279,3 +279,30 @@ def test_valid_crc_but_inconsistent_meta_raises_codec_error():
     _assert_codec_error(_reseal(meta, payload[:-1]))
     _assert_codec_error(_reseal(meta, payload[:-2] + b"\xff\xff"))  # gaps past the end, or a broken code
     _assert_codec_error(np.frombuffer(struct.pack("<4sHHII", b"OCPW", 1, 0, 2, zlib.crc32(b"[]")) + b"[]", np.uint8))
+
+
+def _reseal_binary(meta: bytes, payload: bytes) -> np.ndarray:
+    body = meta + payload
+    head = struct.pack("<4sHHII", b"OCPW", 2, 0, len(meta), zlib.crc32(body))
+    return np.frombuffer(head + body, np.uint8)
+
+
+def test_binary_meta_is_small_and_checked():
+    array = CASES["90% sparse 16 levels"][:50]
+    enc = encode_weight(array)
+    meta, payload = enc.header_binary(), b"".join(enc.sections.values())
+    assert len(meta) < 25 < len(enc.header_json())
+    np.testing.assert_array_equal(decode_weight(from_blob(_reseal_binary(meta, payload))), array)
+    _assert_codec_error(_reseal_binary(meta[:-1], payload))  # truncated meta
+    _assert_codec_error(_reseal_binary(meta + b"\x00", payload))  # trailing bytes
+    _assert_codec_error(_reseal_binary(bytes([9]) + meta[1:], payload))  # unknown dtype code
+    _assert_codec_error(_reseal_binary(meta[:1] + bytes([7]) + meta[2:], payload))  # unknown scheme code
+    _assert_codec_error(_reseal_binary(meta[:2] + b"\xff" * 12 + meta[3:], payload))  # runaway varint
+
+
+def test_version_1_json_blobs_still_decode():
+    array = CASES["90% sparse 16 levels"]
+    enc = encode_weight(array)
+    body = enc.header_json() + b"".join(enc.sections.values())
+    old = struct.pack("<4sHHII", b"OCPW", 1, 0, len(enc.header_json()), zlib.crc32(body)) + body
+    np.testing.assert_array_equal(decode_weight(from_blob(np.frombuffer(old, np.uint8))), array)
