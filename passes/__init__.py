@@ -8,6 +8,7 @@ from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
 from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.pack_weights import PackWeights
 from onnxcomp.passes.prune_magnitude import PruneMagnitude
+from onnxcomp.passes.quantize_activations import QuantizeActivations
 from onnxcomp.passes.quantize_weights import QuantizeWeights
 from onnxcomp.passes.share_weights import ShareWeights
 from onnxcomp.passes.shorten_names import ShortenNames
@@ -22,6 +23,7 @@ PASSES = {
         PruneMagnitude,
         ShareWeights,
         QuantizeWeights,
+        QuantizeActivations,
         PackWeights,
         ShortenNames,
     )
@@ -35,6 +37,7 @@ __all__ = [
     "FoldConstants",
     "PackWeights",
     "PruneMagnitude",
+    "QuantizeActivations",
     "QuantizeWeights",
     "ShareWeights",
     "ShortenNames",
