@@ -90,14 +90,15 @@ class CompressReport:
 
     def _layer_table(self) -> list[dict[str, Any]]:
         before = {r.weight: r for r in self.layers_before}
+        by_layer = {r.layer: r for r in self.layers_before if r.role == "weight"}  # when tensors were renamed
         rows = []
         for r in self.layers_after:
             if r.role != "weight":
                 continue
-            b = before.get(r.weight)
+            b = before.get(r.weight) or by_layer.get(r.layer)
             rows.append({"layer": r.layer, "op": r.op, "weight": r.weight, "shape": r.shape, "params": r.params,
                          "bytes_before": b.bytes if b else None, "bytes_after": r.bytes, "dtype": r.dtype,
-                         "sparsity": r.sparsity})
+                         "sparsity": r.sparsity, "bits": r.bits})
         return rows
 
     def _blocks(self, markdown: bool, max_layers: int | None) -> list[str]:
@@ -126,10 +127,11 @@ class CompressReport:
         layers = self._layer_table()
         out.append(f"{head}Layers ({len(layers)} with kernels)")
         shown = layers if max_layers is None else layers[:max_layers]
-        out += table(["layer", "op", "shape", "params", "before", "after", "sparsity"],
+        out += table(["layer", "op", "shape", "params", "before", "after", "sparsity", "bits"],
                      [[r["layer"], r["op"], "x".join(map(str, r["shape"])), str(r["params"]),
                        _kb(r["bytes_before"]) if r["bytes_before"] is not None else "new", _kb(r["bytes_after"]),
-                       f"{r['sparsity'] * 100:.1f}%"] for r in shown])
+                       f"{r['sparsity'] * 100:.1f}%", str(r["bits"]) if r["bits"] is not None else "float"]
+                      for r in shown])
         if len(shown) < len(layers):
             out.append(f"... {len(layers) - len(shown)} more layers in the .report.md / .report.json")
         out.append("")

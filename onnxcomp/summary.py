@@ -5,6 +5,7 @@ Sizes are real serialized bytes (``ByteSize`` of each protobuf part), not estima
 - ``packed weights``: uint8 blobs read by ``ai.onnxcomp.DecodeWeight`` (codec stacks: CSR, codebook, Huffman);
 - ``codebook indices``: narrow integer tensors (uint8, uint4, ...) that index a codebook through ``Gather``
   (directly or through a Cast);
+- ``quantized tensors``: what Quantize/DequantizeLinear nodes read (integer weight codes, scales, zero points);
 - ``other tensors``: other integer/bool tensors (shapes, indices);
 - ``metadata``: model metadata_props and doc strings;
 - ``graph``: everything else (nodes, names, value_info, opset imports).
@@ -19,12 +20,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_edit import node_label
+from onnxcomp import qscheme
+from onnxcomp.graph_edit import is_standard, node_label
 from onnxcomp.kernels import reference, schema
 from onnxcomp.model import Model, subgraphs, walk_tensors
 from onnxcomp.weights import weight_table
 
-SECTIONS = ("float weights", "packed weights", "codebook indices", "other tensors", "metadata", "graph")
+SECTIONS = ("float weights", "packed weights", "codebook indices", "quantized tensors", "other tensors", "metadata",
+            "graph")
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+_NARROW_INTS = ("int4", "uint4", "int2", "uint2")  # ml_dtypes types onnx reads INT4/UINT4/INT2/UINT2 into
 # Narrow integer types written for codebook indices (regular Gather indices are int32/int64).
 _INDEX_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT4, onnx.TensorProto.INT4,
                 onnx.TensorProto.INT8}
@@ -42,13 +47,16 @@ class LayerRow:
     bytes: int
     dtype: str
     sparsity: float
+    bits: int | None = None  # bits per stored value: quantized codes, or a codebook of 2^bits nonzero values
 
 
 def size_by_section(proto: onnx.ModelProto) -> dict[str, int]:
     sizes = dict.fromkeys(SECTIONS, 0)
-    packed, indices = _encoded_tensor_names(proto.graph)
+    packed, indices, quantized = _encoded_tensor_names(proto.graph)
     for tensor in walk_tensors(proto.graph):
-        if tensor.data_type in _FLOAT_TYPES:
+        if tensor.name in quantized and tensor.name not in packed:
+            key = "quantized tensors"
+        elif tensor.data_type in _FLOAT_TYPES:
             key = "float weights"
         else:
             key = ("packed weights" if tensor.name in packed else
@@ -62,14 +70,17 @@ def size_by_section(proto: onnx.ModelProto) -> dict[str, int]:
     return sizes
 
 
-def _encoded_tensor_names(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
-    """Names of the blobs DecodeWeight nodes read, and of the tensors that index a Gather (maybe via a Cast)."""
-    packed, gather_indices, casts = set(), set(), {}
+def _encoded_tensor_names(graph: onnx.GraphProto) -> tuple[set[str], set[str], set[str]]:
+    """Names of the blobs DecodeWeight nodes read, of the tensors that index a Gather (maybe via a Cast), and of
+    what Q/DQ nodes read."""
+    packed, gather_indices, casts, quantized = set(), set(), {}, set()
 
     def walk(g: onnx.GraphProto) -> None:
         for node in g.node:
             if node.domain == schema.DOMAIN and node.op_type == schema.DECODE_OP:
                 packed.update(node.input[:1])
+            elif node.op_type in _QDQ and node.domain in ("", "ai.onnx"):
+                quantized.update(node.input)
             elif node.op_type == "Gather" and len(node.input) > 1:
                 gather_indices.add(node.input[1])
             elif node.op_type == "Cast" and node.input and node.output:
@@ -78,7 +89,7 @@ def _encoded_tensor_names(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
                 walk(sub)
 
     walk(graph)
-    return packed, gather_indices | {casts[name] for name in gather_indices if name in casts}
+    return packed, gather_indices | {casts[name] for name in gather_indices if name in casts}, quantized
 
 
 def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
@@ -117,29 +128,23 @@ def layer_rows(model: Model) -> list[LayerRow]:
 
 
 def _encoded_rows(model: Model) -> list[LayerRow]:
-    """Rows for weights stored encoded: a DecodeWeight blob, or codebook indices gathered from a codebook.
+    """Rows for weights stored encoded: a DecodeWeight blob, codebook indices gathered from a codebook, or integer
+    codes read by a DequantizeLinear (maybe themselves packed in a blob).
 
-    Params and sparsity come from the decoded values; bytes are what is stored (blob, or indices + codebook).
+    Params and sparsity come from the decoded values; bytes are what is stored (blob, indices + codebook, codes +
+    scale + zero point).
     """
     rows = []
     for graph in model.graphs():
         for node in graph.nodes:
-            stored: list[gs.Constant] = []
-            if node.domain == schema.DOMAIN and node.op == schema.DECODE_OP and isinstance(node.inputs[0], gs.Constant):
-                stored = [node.inputs[0]]
-                values = reference.decode_weight(node.inputs[0].values, name=node.outputs[0].name)
-            elif node.op == "Gather" and isinstance(node.inputs[0], gs.Constant):
-                index = node.inputs[1]
-                if len(index.inputs) == 1 and index.inputs[0].op == "Cast":
-                    index = index.inputs[0].inputs[0]
-                if not isinstance(index, gs.Constant) or index.dtype not in (np.uint8, np.uint16):
-                    continue
-                stored = [node.inputs[0], index]
-                values = np.asarray(node.inputs[0].values)[np.asarray(index.values).astype(np.int64)]
-            else:
+            decoded = _decoded(node)
+            if decoded is None:
                 continue
+            values, stored, bits = decoded
             out = node.outputs[0]
             consumer = out.outputs[0] if out.outputs else node
+            if _is_dequantize(consumer) and consumer.inputs[0] is out:
+                continue  # packed integer codes: the DequantizeLinear's row covers them
             rows.append(LayerRow(
                 layer=node_label(consumer),
                 op=consumer.op,
@@ -147,11 +152,64 @@ def _encoded_rows(model: Model) -> list[LayerRow]:
                 role="weight",
                 shape=list(values.shape),
                 params=int(values.size),
-                bytes=int(sum(np.asarray(c.values).nbytes for c in stored)),
+                bytes=sum(_stored_bytes(c) for c in stored),
                 dtype=str(values.dtype),
                 sparsity=float(1.0 - np.count_nonzero(values) / values.size) if values.size else 0.0,
+                bits=bits,
             ))
     return rows
+
+
+def _decoded(node: gs.Node) -> tuple[np.ndarray, list[gs.Constant], int | None] | None:
+    """``(values, stored constants, bits)`` of an encoded weight produced by ``node``, or None."""
+    if node.domain == schema.DOMAIN and node.op == schema.DECODE_OP and isinstance(node.inputs[0], gs.Constant):
+        values = reference.decode_weight(node.inputs[0].values, name=node.outputs[0].name)
+        return values, [node.inputs[0]], _codebook_bits(values)
+    if node.op == "Gather" and isinstance(node.inputs[0], gs.Constant):
+        index = node.inputs[1]
+        if len(index.inputs) == 1 and index.inputs[0].op == "Cast":
+            index = index.inputs[0].inputs[0]
+        if not isinstance(index, gs.Constant) or index.dtype not in (np.uint8, np.uint16):
+            return None
+        values = np.asarray(node.inputs[0].values)[np.asarray(index.values).astype(np.int64)]
+        return values, [node.inputs[0], index], _codebook_bits(values)
+    if _is_dequantize(node) and all(isinstance(t, gs.Constant) for t in node.inputs[1:]):
+        source = node.inputs[0]
+        if isinstance(source, gs.Constant):
+            codes, stored = np.asarray(source.values), [source]
+        elif len(source.inputs) == 1 and (inner := _decoded(source.inputs[0])) is not None:
+            codes, stored = inner[0], inner[1]
+        else:
+            return None
+        if codes.dtype.kind not in "iuV" or codes.dtype.kind == "V" and codes.dtype.name not in _NARROW_INTS:
+            return None
+        if int(node.attrs.get("block_size", 0)):
+            return None
+        codes = codes.astype(np.int32)
+        scale = np.asarray(node.inputs[1].values)
+        zero = np.asarray(node.inputs[2].values) if len(node.inputs) > 2 else np.zeros((), np.int32)
+        axis = int(node.attrs.get("axis", 1)) % max(codes.ndim, 1)
+        values = qscheme.dequantize(codes, scale, zero, axis)
+        span = int(codes.max()) - int(codes.min()) + 1 if codes.size else 1
+        return values, stored + list(node.inputs[1:]), max(1, (span - 1).bit_length())
+    return None
+
+
+def _stored_bytes(constant: gs.Constant) -> int:
+    """Bytes of a constant as ONNX stores it (4-bit and 2-bit types are packed two and four to a byte)."""
+    values = np.asarray(constant.values)
+    per_byte = {"int4": 2, "uint4": 2, "int2": 4, "uint2": 4}.get(values.dtype.name, 0)
+    return -(-values.size // per_byte) if per_byte else int(values.nbytes)
+
+
+def _is_dequantize(node: gs.Node) -> bool:
+    return is_standard(node, "DequantizeLinear")
+
+
+def _codebook_bits(values: np.ndarray) -> int | None:
+    """log2 of the number of distinct nonzero values, when it is a codebook's (at most 256)."""
+    distinct = np.unique(values[values != 0]).size
+    return max(1, (distinct - 1).bit_length()) if 0 < distinct <= 256 else None
 
 
 def summarize(model: Model) -> dict:

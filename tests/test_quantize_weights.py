@@ -588,3 +588,21 @@ def test_mixed_precision_needs_calibration() -> None:
 
     with pytest.raises(PassError, match="bits: auto"):
         compress(model_path("mnist_lenet300"), recipe={"passes": [{"quantize_weights": {"bits": "auto"}}]})
+
+
+def test_report_counts_quantized_weights_with_their_bits() -> None:
+    """Quantized kernels show up in the size sections and in the per-layer table with their width, also when the
+    codes are packed into a blob."""
+    from onnxcomp.summary import layer_rows, size_by_section
+
+    for recipe, limit in (([*CLEANUP, {"quantize_weights": {"bits": 3}}], 9216 + 32 * 4),  # int8 codes + scales
+                          ([*CLEANUP, {"quantize_weights": {"bits": 3}}, {"pack_weights": {"min_elements": 256}}],
+                           9216 * 3 // 8 + 32 * 4 + 64)):  # 3-bit codes packed, a blob header
+        model = compress(model_path("mnist_rescnn"), recipe={"passes": recipe}).model
+        rows = {r.layer: r for r in layer_rows(model) if r.role == "weight"}
+        conv = rows["/block2/conv2/Conv"]
+        assert conv.bits == 3 and conv.params == 9216 and conv.shape == [32, 32, 3, 3]
+        assert conv.bytes <= limit
+        assert rows["/stem/stem.0/Conv"].bits is None  # below min_elements: float
+        sizes = size_by_section(model.to_proto())
+        assert sizes["quantized tensors"] > 0
