@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
@@ -122,6 +123,18 @@ class Model:
     def source_files(self) -> tuple[Path, ...]:
         """The files this model was read from (the .onnx and its external data): outputs must not replace them."""
         return ((self.path,) if self.path else ()) + self.external_files
+
+    def convert_opset(self, version: int) -> str | None:
+        """Convert the model to ai.onnx opset ``version`` with onnx's version converter, in place (the graph is
+        rebuilt: earlier graph objects are stale). None on success, else why it failed (the model is unchanged).
+        For changes a plain opset bump cannot make (Squeeze axes becoming an input, Softmax's axis semantics)."""
+        try:
+            converted = onnx.version_converter.convert_version(self.to_proto(), version)
+            onnx.checker.check_model(converted)
+        except Exception as e:  # the converter raises bare RuntimeErrors and checker errors alike
+            return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        self.__init__(converted, self.path, self.external_files)
+        return None
 
     # -- saving --------------------------------------------------------------------------------------------
     def to_proto(self) -> onnx.ModelProto:

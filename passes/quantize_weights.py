@@ -44,8 +44,10 @@ Rules:
    when the codes fit, see :func:`onnxcomp.qscheme.storage_type`), ``W_scale`` (W's float type), ``W_zero_point``
    (asymmetric only) and ``DequantizeLinear(axis=out_axis)``. ``DequantizeLinear`` needs ai.onnx opset 10, 13 per
    axis, 19 for float16 scales: the model's default opset is raised to what is needed (and to ``opset`` when
-   given, e.g. 21 for int4 storage) only when that cannot change any node's meaning (:func:`opset_refusal`);
-   otherwise the weights that need it are skipped with the reason. The node goes first in the innermost graph that
+   given, e.g. 21 for int4 storage) directly when that cannot change any node's meaning (:func:`opset_refusal`),
+   else by converting the model with onnx's version converter (:meth:`Model.convert_opset`: Paddle exports at
+   opset 11/12 with Squeeze, Resize or Softmax); only when that fails are the weights that need it skipped with
+   the reason (the summary says when a conversion happened). The node goes first in the innermost graph that
    encloses every use (or where the Constant node was). A weight used by several nodes is quantized once.
 6. Narrower codes than the storage type (3-bit values in int8) are stored at their real width by
    ``pack_weights`` (``format: packed``), which bit-packs or Huffman-codes the integers.
@@ -209,12 +211,13 @@ class QuantizeWeights(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
         result = PassResult(modified=False)
-        plans = []
-        for w in weight_table(model):
-            plan = self._plan(model, w, result)
-            if plan is not None:
-                plans.append(plan)
-        plans = self._settle_opset(model, plans, result)
+        self._converted = ""
+        plans = self._settle_opset(model, self._plans(model, PassResult(modified=False)), result)
+        if plans is None:  # the model was converted to a newer opset: its weights are new objects
+            plans = self._settle_opset(model, self._plans(model, PassResult(modified=False)), result)
+        skipped = PassResult(modified=False)
+        self._plans(model, skipped)
+        result.skipped[:0] = skipped.skipped
         allocated = self._allocate(model, [p for p in plans if not p.bits], ctx, result)
 
         calibrated = ctx.calibration is not None
@@ -279,6 +282,8 @@ class QuantizeWeights(Pass):
             result.summary = "no weight quantized"
         if allocated:
             result.summary += f"; {allocated}"
+        if self._converted:
+            result.summary += f"; {self._converted}"
         return result
 
     def _allocate(self, model: Model, plans: list[_Plan], ctx: PassContext, result: PassResult) -> str:
@@ -301,6 +306,9 @@ class QuantizeWeights(Pass):
         return summary
 
     # -- which weights, and at which opset ------------------------------------------------------------------
+    def _plans(self, model: Model, result: PassResult) -> list[_Plan]:
+        return [p for w in weight_table(model) if (p := self._plan(model, w, result)) is not None]
+
     def _plan(self, model: Model, w: Weight, result: PassResult) -> _Plan | None:
         cfg = self.config
         reason = _refusal(model, w, cfg)
@@ -313,9 +321,10 @@ class QuantizeWeights(Pass):
             axis = layout.out_axis
         return _Plan(w, cfg.fixed_bits(w) or 0, axis, w.array)  # 0: allocated by _allocate (rule 7)
 
-    def _settle_opset(self, model: Model, plans: list[_Plan], result: PassResult) -> list[_Plan]:
-        """Raise the default opset to what the plans (and ``opset``) need when that is safe; drop what cannot be
-        lowered at the opset the model keeps."""
+    def _settle_opset(self, model: Model, plans: list[_Plan], result: PassResult) -> list[_Plan] | None:
+        """Raise the default opset to what the plans (and ``opset``) need when that is safe, else convert the
+        model with onnx's version converter (None: converted, plan again); drop what cannot be lowered at the
+        opset the model keeps."""
         current = model.opset
         wanted = max([self.config.opset, *(p.opset for p in plans)]) if plans else current
         if wanted > current:
@@ -324,7 +333,12 @@ class QuantizeWeights(Pass):
                 _set_opset(model, wanted)
                 current = wanted
             else:
-                result.skipped.append(("opset", f"kept at {current}: raising it to {wanted} {refusal}"))
+                failure = model.convert_opset(wanted)
+                if failure is None:
+                    self._converted = f"opset {current} -> {wanted} by onnx.version_converter (raising it {refusal})"
+                    return None
+                result.skipped.append(("opset", f"kept at {current}: raising it to {wanted} {refusal}, and "
+                                                f"onnx.version_converter failed: {failure}"))
         kept = []
         for p in plans:
             if p.opset <= current:

@@ -290,9 +290,10 @@ def test_float16_weights_raise_the_opset_to_19() -> None:
     assert np.abs(_run(lowered, x) - _run(_dequantized_float_model(proto, lowered), x)).max() == 0
 
 
-def test_opset_is_raised_only_when_safe() -> None:
-    """Per-axis DequantizeLinear needs opset 13: raised from 11 for Conv/Gemm, refused with Softmax (whose meaning
-    changed at 13); per-tensor scales work at 11 as they are."""
+def test_opset_is_raised_only_when_safe(monkeypatch) -> None:
+    """Per-axis DequantizeLinear needs opset 13: raised from 11 for Conv/Gemm; with Softmax (whose meaning changed
+    at 13) the model is converted by onnx's version converter instead, and when that fails the weights stay float;
+    per-tensor scales work at 11 as they are."""
     proto = _layers_model(opset=11)
     lowered, result = _quantize(proto, min_elements=100)
     assert {o.domain: o.version for o in lowered.opset_import}[""] == 13 and len(result.records) == 3
@@ -301,13 +302,20 @@ def test_opset_is_raised_only_when_safe() -> None:
     with_softmax.CopyFrom(proto)
     with_softmax.graph.node.append(helper.make_node("Softmax", ["y"], ["p"]))
     with_softmax.graph.output[0].name = "p"
+    x = {"x": RNG.standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    lowered, result = _quantize(with_softmax, min_elements=100)
+    assert {o.domain: o.version for o in lowered.opset_import}[""] == 13 and len(result.records) == 3
+    assert "opset 11 -> 13 by onnx.version_converter" in result.summary
+    assert np.abs(_run(lowered, x) - _run(with_softmax, x)).max() < 0.02
+
+    monkeypatch.setattr(Model, "convert_opset", lambda self, version: "no adapter")
     lowered, result = _quantize(with_softmax, min_elements=100)
     assert {o.domain: o.version for o in lowered.opset_import}[""] == 11 and not result.records
     reasons = dict(result.skipped)
-    assert "Softmax" in reasons["opset"] and "per-axis scales need ai.onnx opset 13" in reasons["W2"]
+    assert "Softmax" in reasons["opset"] and "no adapter" in reasons["opset"]
+    assert "per-axis scales need ai.onnx opset 13" in reasons["W2"]
     lowered, result = _quantize(with_softmax, min_elements=100, granularity="per_tensor")
     assert {o.domain: o.version for o in lowered.opset_import}[""] == 11 and len(result.records) == 3
-    x = {"x": RNG.standard_normal((2, 4, 6, 6)).astype(np.float32)}
     assert np.abs(_run(lowered, x) - _run(_dequantized_float_model(with_softmax, lowered), x)).max() == 0
 
 
@@ -606,3 +614,18 @@ def test_report_counts_quantized_weights_with_their_bits() -> None:
         assert rows["/stem/stem.0/Conv"].bits is None  # below min_elements: float
         sizes = size_by_section(model.to_proto())
         assert sizes["quantized tensors"] > 0
+
+
+def test_paddle_export_at_opset_11_is_converted_for_per_channel_scales() -> None:
+    """PP-OCR cls (Paddle export, opset 11, Softmax whose semantics changed at 13): the model is converted by
+    onnx's version converter so per-channel DequantizeLinear (opset 13) can be used; outputs stay close."""
+    from models import ppocr
+
+    source = ppocr.model_paths()["cls"]
+    x = ppocr.calibration("cls", 16, seed=3)
+    result = compress(source, recipe={"passes": [*CLEANUP, {"quantize_weights": {"bits": 8}}]})
+    step = result.report.passes[-1]
+    assert result.model.opset == 13 and "by onnx.version_converter" in step.summary
+    assert step.records and all(r["granularity"] == "per_channel" for r in step.records)
+    fidelity = evaluate(source, result.model.to_proto(), x)
+    assert fidelity.outputs[0].cosine > 0.999 and fidelity.outputs[0].top1_agreement == 1.0
