@@ -123,6 +123,6 @@ def output_error(W: np.ndarray, W_new: np.ndarray, H: np.ndarray) -> float | Non
     if W.ndim == 2:
         W, W_new, H = W[None], W_new[None], H[None]
     dW = W_new - W
-    num = float(np.einsum("grd,gde,gre->", dW, H, dW))
-    den = float(np.einsum("grd,gde,gre->", W, H, W))
+    num = float(np.einsum("grd,gde,gre->", dW, H, dW, optimize=True))  # (dW H) then . dW, not a triple loop
+    den = float(np.einsum("grd,gde,gre->", W, H, W, optimize=True))
     return num / den if den > 0 else None
