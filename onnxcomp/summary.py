@@ -145,11 +145,12 @@ def _encoded_rows(model: Model) -> list[LayerRow]:
             consumer = out.outputs[0] if out.outputs else node
             if _is_dequantize(consumer) and consumer.inputs[0] is out:
                 continue  # packed integer codes: the DequantizeLinear's row covers them
+            slot = next((i for i, t in enumerate(consumer.inputs) if t is out), 1)
             rows.append(LayerRow(
                 layer=node_label(consumer),
                 op=consumer.op,
                 weight=out.name,
-                role="weight",
+                role="weight" if slot == 1 else "bias" if slot == 2 else "other",
                 shape=list(values.shape),
                 params=int(values.size),
                 bytes=sum(_stored_bytes(c) for c in stored),
