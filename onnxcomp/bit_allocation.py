@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from onnxcomp.evaluator import FidelityBound, WeightEvaluator
+from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.progress import Progress
 
@@ -41,6 +42,50 @@ if TYPE_CHECKING:
 
 # (weight, its array, bits, its input Hessian or None, context) -> (the weight at that width, its stored bytes)
 Candidate = Callable[["Weight", np.ndarray, int, "LayerHessian | None", "PassContext"], tuple[np.ndarray, float]]
+
+
+@dataclass(frozen=True)
+class WidthConfig:
+    """Config fields of a pass that gives each layer a width (weight sharing, quantization); passes extend it."""
+
+    bits: int | Literal["auto"] = 8  # auto: a width per layer by search_widths
+    bits_per_layer: dict[str, int] = field(default_factory=dict)  # layer/weight name glob -> bits (first match)
+    choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # bits: auto: the widths a layer may get
+    metric: Metric = "auto"  # bits: auto: the fidelity bound's metric (onnxcomp.evaluator)
+    max_drop: float = 0.005  # bits: auto: the largest drop of the metric the pass may cause
+    budget: float | None = None  # bits: auto: instead of the bound, a mean width (bits per weight)
+
+    def check_widths(self, unit: str = "") -> None:
+        """Raise ValueError naming the first invalid width option (``unit`` explains what a width means)."""
+        if self.bits != "auto":
+            check_bits("bits", self.bits, unit)
+        for pattern, bits in self.bits_per_layer.items():
+            check_bits(f"bits_per_layer[{pattern!r}]", bits, unit)
+        if not self.choices:
+            raise ValueError("choices must list at least one width")
+        for bits in self.choices:
+            check_bits("choices", bits, unit)
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or self.max_drop < 0:
+            raise ValueError(f"max_drop must be a number >= 0, got {self.max_drop!r}")
+        if self.budget is not None and not 1 <= self.budget <= 8:
+            raise ValueError(f"budget must be an average width from 1 to 8 bits, got {self.budget}")
+
+    def fixed_bits(self, w: Weight) -> int | None:
+        """The width ``bits_per_layer`` or an integer ``bits`` gives ``w``; None when it is to be allocated."""
+        for pattern, bits in self.bits_per_layer.items():
+            if matches(w, pattern):
+                return bits
+        return None if self.bits == "auto" else self.bits
+
+
+def check_bits(what: str, bits: Any, unit: str = "") -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"{what} must be an integer from 1 to 8{unit}, got {bits!r}")
+
+
+def matches(w: Weight, pattern: str) -> bool:
+    """Whether a layer or weight name glob matches the weight."""
+    return fnmatchcase(w.layer, pattern) or fnmatchcase(w.name, pattern)
 
 
 @dataclass(frozen=True)

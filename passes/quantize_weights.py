@@ -66,8 +66,7 @@ None), with GPTQ also ``output_err_nearest`` (the same grid rounded to nearest),
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -79,9 +78,9 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from tqdm import tqdm
 
 from onnxcomp import qscheme
-from onnxcomp.bit_allocation import entropy_bytes, search_widths
+from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
 from onnxcomp.errors import PassError
-from onnxcomp.evaluator import FidelityBound, Metric
+from onnxcomp.evaluator import FidelityBound
 from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
 from onnxcomp.hessian import LayerHessian, collect_hessians, supports
 from onnxcomp.model import Model
@@ -97,9 +96,8 @@ _MEANING_CHANGED = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
 @dataclass(frozen=True)
-class QuantizeWeightsConfig:
+class QuantizeWeightsConfig(WidthConfig):
     bits: int | Literal["auto"] = 8  # auto: a width per layer (rule 7)
-    bits_per_layer: dict[str, int] = field(default_factory=dict)  # layer/weight name glob -> bits
     scheme: Literal["symmetric", "asymmetric", "auto"] = "symmetric"
     granularity: Literal["per_channel", "per_tensor"] = "per_channel"
     rounding: Literal["nearest", "gptq"] = "nearest"
@@ -110,24 +108,9 @@ class QuantizeWeightsConfig:
     act_order: bool = True  # GPTQ: columns by decreasing diag(H)
     sequential: bool = False  # layer by layer on already-quantized inputs, re-targeted to the original outputs
     opset: int = 0  # raise the default opset to at least this when safe (21: int4 storage, 25: int2); 0: as needed
-    choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # bits: auto: the widths a layer may get
-    metric: Metric = "auto"  # bits: auto: the fidelity bound's metric (onnxcomp.evaluator)
-    max_drop: float = 0.005  # bits: auto: the largest drop of the metric this pass may cause
-    budget: float | None = None  # bits: auto: instead of the bound, an average width (bits per weight)
 
     def __post_init__(self) -> None:
-        if self.bits != "auto":
-            _check_bits("bits", self.bits)
-        if not self.choices:
-            raise ValueError("choices must list at least one width")
-        for bits in self.choices:
-            _check_bits("choices", bits)
-        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or self.max_drop < 0:
-            raise ValueError(f"max_drop must be a number >= 0, got {self.max_drop!r}")
-        if self.budget is not None and not 1 <= self.budget <= 8:
-            raise ValueError(f"budget must be an average width from 1 to 8 bits, got {self.budget}")
-        for pattern, bits in self.bits_per_layer.items():
-            _check_bits(f"bits_per_layer[{pattern!r}]", bits)
+        self.check_widths()
         for name, allowed in (
             ("scheme", ("symmetric", "asymmetric", "auto")),
             ("granularity", ("per_channel", "per_tensor")),
@@ -149,22 +132,6 @@ class QuantizeWeightsConfig:
                 f"opset must be 0 or an ai.onnx opset from {_DQ_OPSET} to "
                 f"{onnx.defs.onnx_opset_version()}, got {self.opset!r}"
             )
-
-    def fixed_bits(self, w: Weight) -> int | None:
-        """The width ``bits_per_layer`` or an integer ``bits`` gives ``w``; None when it is to be allocated."""
-        for pattern, bits in self.bits_per_layer.items():
-            if _matches(w, pattern):
-                return bits
-        return None if self.bits == "auto" else self.bits
-
-
-def _check_bits(what: str, bits: Any) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"{what} must be an integer from 1 to 8, got {bits!r}")
-
-
-def _matches(w: Weight, pattern: str) -> bool:
-    return fnmatchcase(w.layer, pattern) or fnmatchcase(w.name, pattern)
 
 
 @dataclass
@@ -427,7 +394,7 @@ def _refusal(model: Model, w: Weight, cfg: QuantizeWeightsConfig) -> str | None:
         return f"already feeds a {qdq.op}"
     if w.role != "weight":
         return f"{w.role} tensor: only layer kernels are quantized"
-    excluded = next((p for p in cfg.exclude if _matches(w, p)), None)
+    excluded = next((p for p in cfg.exclude if matches(w, p)), None)
     if excluded is not None:
         return f"excluded by name (pattern {excluded!r})"
     if w.size < cfg.min_elements:

@@ -64,16 +64,15 @@ k-means centroids and the refined ones.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse
 
-from onnxcomp.bit_allocation import entropy_bytes, search_widths
+from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
 from onnxcomp.errors import PassError
-from onnxcomp.evaluator import FidelityBound, Metric
+from onnxcomp.evaluator import FidelityBound
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
@@ -86,9 +85,8 @@ _MAX_CHUNK = 1 << 24  # float64 entries of E_k H held at once (128 MiB)
 
 
 @dataclass(frozen=True)
-class ShareWeightsConfig:
+class ShareWeightsConfig(WidthConfig):
     bits: int | Literal["auto"] = 5  # k = 2^bits shared values per layer; auto: allocated per layer (rule 7)
-    bits_per_layer: dict[str, int] = field(default_factory=dict)  # layer/weight name glob -> bits
     init: Literal["linear", "random", "density", "exact"] = "linear"
     refine: bool = True  # least-squares centroids on calibration data (skipped with a note without it)
     exclude: tuple[str, ...] = ()  # layer/weight name globs left untouched
@@ -96,46 +94,15 @@ class ShareWeightsConfig:
     ridge: float = 1e-3  # refinement's pull towards the k-means centroids, relative to diag(G)
     compensate: bool = False  # GPTQ-style assignment with OBS error feedback (needs calibration data)
     sequential: bool = False  # layer by layer on already-shared inputs, re-targeted to the original outputs
-    choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # bits: auto: the widths a layer may get
-    metric: Metric = "auto"  # bits: auto: the fidelity bound's metric (onnxcomp.evaluator)
-    max_drop: float = 0.005  # bits: auto: the largest drop of the metric this pass may cause
-    budget: float | None = None  # bits: auto: instead of the bound, an average width (bits per shared weight)
 
     def __post_init__(self) -> None:
-        if self.bits != "auto":
-            _check_bits("bits", self.bits)
-        if not self.choices:
-            raise ValueError("choices must list at least one width")
-        for bits in self.choices:
-            _check_bits("choices", bits)
-        if self.max_drop < 0:
-            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
-        if self.budget is not None and not 1 <= self.budget <= 8:
-            raise ValueError(f"budget must be an average width from 1 to 8 bits, got {self.budget}")
-        for pattern, bits in self.bits_per_layer.items():
-            _check_bits(f"bits_per_layer[{pattern!r}]", bits)
+        self.check_widths(" (k = 2^bits shared values)")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.min_elements < 0:
             raise ValueError(f"min_elements must be >= 0, got {self.min_elements}")
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge}")
-
-    def fixed_bits(self, w: Weight) -> int | None:
-        """The width ``bits_per_layer`` or an integer ``bits`` gives ``w``; None when it is to be allocated."""
-        for pattern, bits in self.bits_per_layer.items():
-            if _matches(w, pattern):
-                return bits
-        return None if self.bits == "auto" else self.bits
-
-
-def _check_bits(what: str, bits: Any) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"{what} must be an integer from 1 to 8 (k = 2^bits shared values), got {bits!r}")
-
-
-def _matches(w: Weight, pattern: str) -> bool:
-    return fnmatchcase(w.layer, pattern) or fnmatchcase(w.name, pattern)
 
 
 @dataclass
@@ -204,7 +171,7 @@ class ShareWeights(Pass):
     def _eligible(self, w: Weight, result: PassResult) -> np.ndarray | None:
         """The weight's array when rule 1 lets the pass touch it, else None (and the reason recorded)."""
         cfg = self.config
-        excluded = next((p for p in cfg.exclude if _matches(w, p)), None)
+        excluded = next((p for p in cfg.exclude if matches(w, p)), None)
         if excluded is not None:
             result.skipped.append((w.name, f"excluded by name (pattern {excluded!r})"))
             return None
