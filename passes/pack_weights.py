@@ -85,31 +85,20 @@ class PackWeights(Pass):
         result = PassResult(modified=False)
         names = tensor_names(model.graphs())
         owner = {id(n): g for g in model.graphs() for n in g.nodes}
-        for w in weight_table(model):
-            if w.role != "weight":
-                continue
-            reason = _refusal(w, owner, cfg.min_elements)
+        lower = _lower_standard if cfg.format == "standard" else _lower_packed
+        todo = [(w, False) for w in weight_table(model) if w.role == "weight"]
+        if cfg.format == "packed":
+            todo += [(w, True) for w in _quantized_codes(model)]
+        for w, codes in todo:
+            reason = _refusal(w, owner, cfg.min_elements, codes=codes)
             if reason is None:
-                graph = owner[id(w.uses[0].node)]
-                lower = _lower_standard if cfg.format == "standard" else _lower_packed
-                record_or_reason = lower(model, graph, w, cfg, names)
+                record_or_reason = lower(model, owner[id(w.uses[0].node)], w, cfg, names)
                 if isinstance(record_or_reason, dict):
                     result.records.append(record_or_reason)
                     result.modified = True
                     continue
                 reason = record_or_reason
             result.skipped.append((w.name, reason))
-        if cfg.format == "packed":
-            for w in _quantized_codes(model):
-                reason = _refusal(w, owner, cfg.min_elements, codes=True)
-                if reason is None:
-                    record_or_reason = _lower_packed(model, owner[id(w.uses[0].node)], w, cfg, names)
-                    if isinstance(record_or_reason, dict):
-                        result.records.append(record_or_reason)
-                        result.modified = True
-                        continue
-                    reason = record_or_reason
-                result.skipped.append((w.name, reason))
         before = sum(r["bytes_before"] for r in result.records)
         after = sum(r["bytes_after"] for r in result.records)
         result.summary = (f"{len(result.records)} weights {cfg.format}: {before:,} B -> {after:,} B"
