@@ -25,7 +25,9 @@ Rules:
    first in the graph (or where the Constant node that held the weight was).
 5. ``packed`` also lowers integer constants read only as the quantized input (slot 0) of DequantizeLinear
    nodes, under rules 1-4 (at least ``min_elements`` codes, one graph, not a graph output) and only when the blob
-   is smaller than the int8/uint8 tensor; int4/int2 codes stay as they are (already stored at their width).
+   is smaller than the stored tensor; int4/int2 codes (opset 21/25 storage) are packed as the int8/uint8 of the
+   same values, which DequantizeLinear reads the same, when the blob beats their 4 or 2 bits (2- and 3-bit codes
+   in int4 storage, Huffman-skewed codes).
    ``standard`` leaves all integer codes as they are: DequantizeLinear is standard ONNX.
 
 Each lowered weight gives a record: layer, weight, format, encoding, bytes before/after, bytes by section.
@@ -59,6 +61,9 @@ from onnxcomp.weights import Use, Weight, weight_table
 
 _UINT4_OPSET = 21  # Cast from UINT4 (and UINT4 tensors in general) is ai.onnx opset 21
 _PACKED_CODES = (np.int8, np.uint8)  # integer codes the packed format stores (stack.py's integer dtypes)
+# Narrower ONNX code types: packed as the int8/uint8 of the same values (DequantizeLinear reads them the same).
+_NARROW_CODES = {"int4": np.int8, "int2": np.int8, "uint4": np.uint8, "uint2": np.uint8}
+_CODES_PER_BYTE = {"int4": 2, "uint4": 2, "int2": 4, "uint2": 4}
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,8 @@ def _refusal(w: Weight, owner: dict[int, gs.Graph], min_elements: int, codes: bo
         other = next((u for u in w.uses if not (is_standard(u.node, "DequantizeLinear") and u.slot == 0)), None)
         if other is not None:
             return f"integer tensor also read by {node_label(other.node)} (input {other.slot})"
-        if np.dtype(w.tensor.dtype) not in _PACKED_CODES:  # the dtype, not the values: int4 stays lazy
-            return f"{np.dtype(w.tensor.dtype)} codes are kept as they are (packed blobs hold int8/uint8 codes)"
+        if np.dtype(w.tensor.dtype) not in _PACKED_CODES and np.dtype(w.tensor.dtype).name not in _NARROW_CODES:
+            return f"{np.dtype(w.tensor.dtype)} codes are kept as they are (packed blobs hold integer codes)"
     graphs = {id(owner.get(id(u.node))) for u in w.uses}
     if w.producer is not None:
         graphs.add(id(owner.get(id(w.producer))))
@@ -159,39 +164,49 @@ def _lower_standard(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, n
 
 
 def _lower_packed(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, names: set[str]) -> dict | str:
-    values = w.array
+    dtype = np.dtype(w.tensor.dtype)
+    if dtype.name in _NARROW_CODES:  # int4/int2 codes: packed (and decoded) as int8/uint8
+        # Read without caching: graphsurgeon cannot export an int4 constant once its values are loaded.
+        lazy = w.tensor._values
+        values = np.asarray(lazy.load() if isinstance(lazy, LazyValues) else lazy).astype(_NARROW_CODES[dtype.name])
+        stored = -(-values.size // _CODES_PER_BYTE[dtype.name])
+    else:
+        values = w.array
+        stored = values.nbytes
     enc = encode_weight(values, allow_sparse=cfg.sparse, allow_huffman=cfg.huffman, name=w.name)
-    if enc.nbytes >= values.nbytes:
-        kind = "float" if values.dtype.kind == "f" else str(values.dtype)
+    if enc.nbytes >= stored:
+        kind = "float" if dtype.kind == "f" else str(dtype)
         return f"packed blob ({enc.nbytes:,} B, {enc.describe()}) is not smaller than the {kind} tensor"
     blob = gs.Constant(unique_name(w.name + "_packed", names), to_blob(enc))
     attrs = {schema.DECODE_ATTR_SHAPE: list(enc.shape),
              schema.DECODE_ATTR_DTYPE: int(onnx.helper.np_dtype_to_tensor_dtype(values.dtype))}
     node_name = unique_name(w.name + "_decode", names)
-    record = _record(w, "packed", enc.describe(), enc.bytes_by_section())
-    out, at = _take_weight_name(graph, w)
+    record = _record(w, "packed", enc.describe(), enc.bytes_by_section(), stored)
+    out, at = _take_weight_name(graph, w, values.dtype)
     node = gs.Node(schema.DECODE_OP, name=node_name, domain=schema.DOMAIN, inputs=[blob], outputs=[out], attrs=attrs)
     graph.nodes.insert(at, node)
     return record
 
 
-def _take_weight_name(graph: gs.Graph, w: Weight) -> tuple[gs.Variable, int]:
+def _take_weight_name(graph: gs.Graph, w: Weight, dtype=None) -> tuple[gs.Variable, int]:
     """A variable under the weight's name that its consumers now read, and where its producer goes (rule 4)."""
     if w.producer is not None:  # a Constant node: its output variable (name, consumers) is kept
         out = w.producer.outputs[0]
+        if dtype is not None:
+            out.dtype = dtype
         at = next(i for i, n in enumerate(graph.nodes) if n is w.producer)
         detach(graph, w.producer)
         return out, at
-    out = gs.Variable(w.tensor.name, dtype=w.array.dtype, shape=list(w.shape))
+    out = gs.Variable(w.tensor.name, dtype=dtype or w.array.dtype, shape=list(w.shape))
     replace_uses(w.tensor, out)
     return out, 0
 
 
-def _record(w: Weight, fmt: str, encoding: str, sections: dict[str, int]) -> dict:
-    before = int(w.array.nbytes)
+def _record(w: Weight, fmt: str, encoding: str, sections: dict[str, int], stored: int | None = None) -> dict:
+    before = int(w.array.nbytes if stored is None else stored)
     after = int(sum(sections.values()))
     layer = w.layer
-    if w.array.dtype.kind != "f":  # quantized codes: the layer is what reads the DequantizeLinear's output
+    if np.dtype(w.tensor.dtype).kind != "f":  # quantized codes: the layer reads the DequantizeLinear's output
         readers = w.primary.node.outputs[0].outputs if w.primary.node.outputs else []
         layer = node_label(readers[0]) if readers else layer
     return {"layer": layer, "weight": w.name, "format": fmt, "encoding": encoding, "bytes_before": before,

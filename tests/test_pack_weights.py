@@ -311,13 +311,27 @@ def test_standard_keeps_integer_codes_and_packed_needs_a_gain(lenet_w3):
     assert name == "W_quantized" and "not smaller than the int8 tensor" in why
 
 
-def test_int4_codes_are_kept():
+def test_int4_codes_narrower_than_4_bits_are_packed():
+    """3-bit codes held in INT4 storage (opset 21) are packed as int8 codes (DequantizeLinear reads them the same)
+    when the blob beats 4 bits a code; full 4-bit uniform codes stay INT4."""
     w = np.random.default_rng(8).standard_normal((64, 32)).astype(np.float32)
     model = Model.load(_tiny_matmul(w, opset=21))
     QuantizeWeights(QuantizeWeights.Config(bits=3)).run(model, PassContext())
+    quantized = model.to_proto()
+    assert {t.name: t.data_type for t in quantized.graph.initializer}["W_quantized"] == TensorProto.INT4
+    out, result = _pack(quantized, format="packed", min_elements=100)
+    [record] = result.records
+    assert record["bytes_before"] == 64 * 32 // 2 and record["bytes_after"] < record["bytes_before"]
+    feed = {"x": np.random.default_rng(1).standard_normal((5, 64)).astype(np.float32)}
+    # Unoptimized: onnxruntime rewrites DequantizeLinear -> MatMul into MatMulNBits, whose int8 activations differ
+    np.testing.assert_array_equal(runtime.InferenceSession(out, optimize=False).run(None, feed)[0],
+                                  runtime.session(quantized, optimize=False).run(None, feed)[0])
+
+    uniform = np.random.default_rng(9).uniform(-1, 1, (64, 32)).astype(np.float32)
+    model = Model.load(_tiny_matmul(uniform, opset=21))
+    QuantizeWeights(QuantizeWeights.Config(bits=4, clip="none")).run(model, PassContext())
     out, result = _pack(model.to_proto(), format="packed", min_elements=100)
-    assert not result.modified and result.skipped == [("W_quantized", "int4 codes are kept as they are "
-                                                                      "(packed blobs hold int8/uint8 codes)")]
+    assert not result.modified and "not smaller than the int4 tensor" in dict(result.skipped)["W_quantized"]
     assert {t.name: t.data_type for t in out.graph.initializer}["W_quantized"] == TensorProto.INT4
 
 
