@@ -24,12 +24,11 @@ from onnxcomp import qscheme
 from onnxcomp.graph_edit import is_standard, node_label
 from onnxcomp.kernels import reference, schema
 from onnxcomp.model import Model, subgraphs, walk_tensors
-from onnxcomp.weights import weight_table
+from onnxcomp.weights import stored_nbytes, values_of, weight_table
 
 SECTIONS = ("float weights", "packed weights", "codebook indices", "quantized tensors", "other tensors", "metadata",
             "graph")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
-_NARROW_INTS = ("int4", "uint4", "int2", "uint2")  # ml_dtypes types onnx reads INT4/UINT4/INT2/UINT2 into
 # Narrow integer types written for codebook indices (regular Gather indices are int32/int64).
 _INDEX_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT4, onnx.TensorProto.INT4,
                 onnx.TensorProto.INT8}
@@ -153,7 +152,7 @@ def _encoded_rows(model: Model) -> list[LayerRow]:
                 role="weight" if slot == 1 else "bias" if slot == 2 else "other",
                 shape=list(values.shape),
                 params=int(values.size),
-                bytes=sum(_stored_bytes(c) for c in stored),
+                bytes=sum(stored_nbytes(c.dtype, int(np.prod(c.shape))) for c in stored),
                 dtype=str(values.dtype),
                 sparsity=float(1.0 - np.count_nonzero(values) / values.size) if values.size else 0.0,
                 bits=bits,
@@ -170,21 +169,19 @@ def _decoded(node: gs.Node) -> tuple[np.ndarray, list[gs.Constant], int | None] 
         index = node.inputs[1]
         if len(index.inputs) == 1 and index.inputs[0].op == "Cast":
             index = index.inputs[0].inputs[0]
-        if not isinstance(index, gs.Constant) or index.dtype not in (np.uint8, np.uint16):
+        if not isinstance(index, gs.Constant) or np.dtype(index.dtype).name not in ("uint4", "uint8", "uint16"):
             return None
-        values = np.asarray(node.inputs[0].values)[np.asarray(index.values).astype(np.int64)]
+        values = np.asarray(node.inputs[0].values)[values_of(index).astype(np.int64)]
         return values, [node.inputs[0], index], _codebook_bits(values)
     if _is_dequantize(node) and all(isinstance(t, gs.Constant) for t in node.inputs[1:]):
         source = node.inputs[0]
         if isinstance(source, gs.Constant):
-            codes, stored = np.asarray(source.values), [source]
+            codes, stored = values_of(source), [source]
         elif len(source.inputs) == 1 and (inner := _decoded(source.inputs[0])) is not None:
             codes, stored = inner[0], inner[1]
         else:
             return None
-        if codes.dtype.kind not in "iuV" or codes.dtype.kind == "V" and codes.dtype.name not in _NARROW_INTS:
-            return None
-        if int(node.attrs.get("block_size", 0)):
+        if codes.dtype.kind not in "iu" or int(node.attrs.get("block_size", 0)):
             return None
         codes = codes.astype(np.int32)
         scale = np.asarray(node.inputs[1].values)
@@ -194,13 +191,6 @@ def _decoded(node: gs.Node) -> tuple[np.ndarray, list[gs.Constant], int | None] 
         span = int(codes.max()) - int(codes.min()) + 1 if codes.size else 1
         return values, stored + list(node.inputs[1:]), max(1, (span - 1).bit_length())
     return None
-
-
-def _stored_bytes(constant: gs.Constant) -> int:
-    """Bytes of a constant as ONNX stores it (4-bit and 2-bit types are packed two and four to a byte)."""
-    values = np.asarray(constant.values)
-    per_byte = {"int4": 2, "uint4": 2, "int2": 4, "uint2": 4}.get(values.dtype.name, 0)
-    return -(-values.size // per_byte) if per_byte else int(values.nbytes)
 
 
 def _is_dequantize(node: gs.Node) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxcomp.graph_edit import is_standard
 from onnxcomp.model import Model, iter_graphs
@@ -158,14 +159,52 @@ def is_constant(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Constant) or _constant_node(tensor) is not None
 
 
+# The ml_dtypes types onnx reads INT4/UINT4/INT2/UINT2 into: the numpy type that holds the same values, and how many
+# codes ONNX packs into one byte.
+NARROW_INTS: dict[str, tuple[type, int]] = {
+    "int4": (np.int8, 2), "uint4": (np.uint8, 2), "int2": (np.int8, 4), "uint2": (np.uint8, 4),
+}
+
+
+def values_of(constant: gs.Constant) -> np.ndarray:
+    """A constant's values; INT4/INT2 ones widened to int8/uint8 and read without caching them in the constant
+    (graphsurgeon exports a loaded narrow array with the unpacked byte count, which onnx rejects)."""
+    name = _dtype_name(constant.dtype)
+    if name not in NARROW_INTS:
+        return np.asarray(constant.values)
+    raw = constant._values  # graphsurgeon has no public way to read without caching
+    return np.asarray(raw.load() if isinstance(raw, LazyValues) else raw).astype(NARROW_INTS[name][0])
+
+
+def stored_nbytes(dtype, size: int) -> int:
+    """Bytes of ``size`` elements of ``dtype`` as ONNX stores them (INT4 two to a byte, INT2 four)."""
+    narrow = NARROW_INTS.get(_dtype_name(dtype))
+    return -(-size // narrow[1]) if narrow else size * np.dtype(dtype).itemsize
+
+
+def is_integer_dtype(dtype) -> bool:
+    """Integer element types, the narrow ones (ml_dtypes int4/int2, not numpy integers) included."""
+    name = _dtype_name(dtype)
+    return name is not None and (np.dtype(dtype).kind in "iu" or name in NARROW_INTS)
+
+
+def _dtype_name(dtype) -> str | None:
+    """numpy's name for a constant's dtype; None for the element types graphsurgeon keeps as an onnx enum
+    (bfloat16, float8)."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return None
+
+
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of an initializer or Constant-node output, else None."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return values_of(tensor)
     if is_constant(tensor):
         attrs = tensor.inputs[0].attrs
         if isinstance(attrs.get("value"), gs.Constant):
-            return np.asarray(attrs["value"].values)
+            return values_of(attrs["value"])
         for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
                            ("value_int", np.int64), ("value_ints", np.int64)):
             if key in attrs:

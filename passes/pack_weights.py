@@ -57,13 +57,10 @@ from onnxcomp.graph_edit import (
 )
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
-from onnxcomp.weights import Use, Weight, weight_table
+from onnxcomp.weights import NARROW_INTS, Use, Weight, is_integer_dtype, stored_nbytes, values_of, weight_table
 
 _UINT4_OPSET = 21  # Cast from UINT4 (and UINT4 tensors in general) is ai.onnx opset 21
 _PACKED_CODES = (np.int8, np.uint8)  # integer codes the packed format stores (stack.py's integer dtypes)
-# Narrower ONNX code types: packed as the int8/uint8 of the same values (DequantizeLinear reads them the same).
-_NARROW_CODES = {"int4": np.int8, "int2": np.int8, "uint4": np.uint8, "uint2": np.uint8}
-_CODES_PER_BYTE = {"int4": 2, "uint4": 2, "int2": 4, "uint2": 4}
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ def _refusal(w: Weight, owner: dict[int, gs.Graph], min_elements: int, codes: bo
         other = next((u for u in w.uses if not (is_standard(u.node, "DequantizeLinear") and u.slot == 0)), None)
         if other is not None:
             return f"integer tensor also read by {node_label(other.node)} (input {other.slot})"
-        if np.dtype(w.tensor.dtype) not in _PACKED_CODES and np.dtype(w.tensor.dtype).name not in _NARROW_CODES:
+        if np.dtype(w.tensor.dtype) not in _PACKED_CODES and np.dtype(w.tensor.dtype).name not in NARROW_INTS:
             return f"{np.dtype(w.tensor.dtype)} codes are kept as they are (packed blobs hold integer codes)"
     graphs = {id(owner.get(id(u.node))) for u in w.uses}
     if w.producer is not None:
@@ -164,15 +161,10 @@ def _lower_standard(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, n
 
 
 def _lower_packed(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, names: set[str]) -> dict | str:
+    # int4/int2 codes are packed (and decoded) as the int8/uint8 of the same values: DequantizeLinear reads them alike
     dtype = np.dtype(w.tensor.dtype)
-    if dtype.name in _NARROW_CODES:  # int4/int2 codes: packed (and decoded) as int8/uint8
-        # Read without caching: graphsurgeon cannot export an int4 constant once its values are loaded.
-        lazy = w.tensor._values
-        values = np.asarray(lazy.load() if isinstance(lazy, LazyValues) else lazy).astype(_NARROW_CODES[dtype.name])
-        stored = -(-values.size // _CODES_PER_BYTE[dtype.name])
-    else:
-        values = w.array
-        stored = values.nbytes
+    values = values_of(w.tensor)
+    stored = stored_nbytes(dtype, values.size)
     enc = encode_weight(values, allow_sparse=cfg.sparse, allow_huffman=cfg.huffman, name=w.name)
     if enc.nbytes >= stored:
         kind = "float" if dtype.kind == "f" else str(dtype)
@@ -228,19 +220,10 @@ def _quantized_codes(model: Model) -> list[Weight]:
                     producer, tensor = tensor.inputs[0], tensor.inputs[0].attrs.get("value")
                     if not isinstance(tensor, gs.Constant):
                         continue
-                if not _is_integer(tensor.dtype):
+                if not is_integer_dtype(tensor.dtype):
                     continue
                 entry = found.setdefault(id(tensor), Weight(tensor, producer, []))
                 entry.uses.append(Use(node, slot))
                 if slot == 0 and is_standard(node, "DequantizeLinear"):
                     dequantized.add(id(tensor))
     return [w for key, w in found.items() if key in dequantized]
-
-
-def _is_integer(dtype) -> bool:
-    """Integer element types, the narrow ones (ml_dtypes int4/int2, not numpy integers) included."""
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        return False
-    return dtype.kind in "iu" or dtype.name in ("int4", "uint4", "int2", "uint2")

@@ -629,3 +629,15 @@ def test_paddle_export_at_opset_11_is_converted_for_per_channel_scales() -> None
     assert step.records and all(r["granularity"] == "per_channel" for r in step.records)
     fidelity = evaluate(source, result.model.to_proto(), x)
     assert fidelity.outputs[0].cosine > 0.999 and fidelity.outputs[0].top1_agreement == 1.0
+
+
+def test_int4_model_still_exports_after_a_summary() -> None:
+    """Reading INT4 codes (report, packing) must not cache them in the graph: graphsurgeon would then export the
+    unpacked bytes and onnx rejects the tensor."""
+    from onnxcomp.summary import layer_rows
+
+    result = compress(model_path("mnist_rescnn"), recipe={"passes": [{"quantize_weights": {"bits": 4, "opset": 21}}]})
+    rows = [r for r in layer_rows(result.model) if r.bits == 4]
+    assert rows and all(r.bytes < r.params for r in rows)  # int4: two codes a byte, plus scales
+    proto = result.model.to_proto()
+    assert TensorProto.INT4 in {t.data_type for t in proto.graph.initializer}
