@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.progress import Progress
@@ -69,6 +70,12 @@ class WidthConfig:
             raise ValueError(f"max_drop must be a number >= 0, got {self.max_drop!r}")
         if self.budget is not None and not 1 <= self.budget <= 8:
             raise ValueError(f"budget must be an average width from 1 to 8 bits, got {self.budget}")
+
+    def check_calibration(self, pass_name: str, calibration: Any) -> None:
+        """``bits: auto`` measures fidelity: without calibration data the pass fails before any work."""
+        if self.bits == "auto" and calibration is None:
+            raise PassError(f"pass '{pass_name}' needs calibration data for bits: auto: pass --calib DATA "
+                            "(or give fixed bits)")
 
     def fixed_bits(self, w: Weight) -> int | None:
         """The width ``bits_per_layer`` or an integer ``bits`` gives ``w``; None when it is to be allocated."""
@@ -177,6 +184,7 @@ def search_widths(
     candidate: Candidate,
     bound: FidelityBound,
     budget: float | None = None,
+    hessians: dict[str, LayerHessian] | None = None,
 ) -> tuple[dict[str, int], str]:
     """A width from ``choices`` for each weight of ``items``, and a one-line summary.
 
@@ -185,7 +193,8 @@ def search_widths(
     (:meth:`WeightEvaluator.distortion`) when that layer alone takes the narrowest width. The path of
     :func:`allocation_path` is then cut at the mean width ``budget`` (weighted by nonzero weights) or bisected for
     the fewest bytes whose ``bound`` holds on the calibration data. Weights the evaluator cannot feed (held in
-    Constant nodes or subgraphs) get the widest choice, recorded in ``result.skipped``.
+    Constant nodes or subgraphs) get the widest choice, recorded in ``result.skipped``. ``hessians`` (the
+    unmodified model's, keyed by weight name) saves collecting them again when the pass already has them.
     """
     choices = sorted(set(choices))
     main = {id(n) for n in model.graph.nodes}
@@ -200,7 +209,8 @@ def search_widths(
                                            f"it gets the widest choice, {choices[-1]} bits"))
     if not searchable:
         return chosen, ""
-    hessians = collect_hessians(model, [w for w, _ in searchable if not w.shared], ctx.calibration)
+    if hessians is None:
+        hessians = collect_hessians(model, [w for w, _ in searchable if not w.shared], ctx.calibration)
     evaluator = WeightEvaluator(model, [w.name for w, _ in searchable], ctx.calibration, bound)
     candidates: dict[tuple[str, int], np.ndarray] = {}
     options = []

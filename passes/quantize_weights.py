@@ -79,7 +79,6 @@ from tqdm import tqdm
 
 from onnxcomp import qscheme
 from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
-from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound
 from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
 from onnxcomp.hessian import LayerHessian, collect_hessians, supports
@@ -170,22 +169,17 @@ class QuantizeWeights(Pass):
     description = "weight-only integer quantization + DequantizeLinear (round-to-nearest or GPTQ)"
 
     def check_requirements(self, ctx: PassContext) -> None:
-        if self.config.bits == "auto" and ctx.calibration is None:
-            raise PassError(
-                f"pass '{self.name}' needs calibration data for bits: auto: pass --calib DATA (or give fixed bits)"
-            )
+        self.config.check_calibration(self.name, ctx.calibration)
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
         result = PassResult(modified=False)
-        self._converted = ""
-        plans = self._settle_opset(model, self._plans(model, PassResult(modified=False)), result)
-        if plans is None:  # the model was converted to a newer opset: its weights are new objects
-            plans = self._settle_opset(model, self._plans(model, PassResult(modified=False)), result)
-        skipped = PassResult(modified=False)
-        self._plans(model, skipped)
-        result.skipped[:0] = skipped.skipped
-        allocated = self._allocate(model, [p for p in plans if not p.bits], ctx, result)
+        planned = PassResult(modified=False)  # the skip reasons of the planning that is kept
+        plans, converted = self._settle_opset(model, self._plans(model, planned), result)
+        if converted:  # the model was converted to a newer opset: its weights are new objects
+            planned = PassResult(modified=False)
+            plans, _ = self._settle_opset(model, self._plans(model, planned), result)
+        result.skipped[:0] = planned.skipped
 
         calibrated = ctx.calibration is not None
         wants_hessian = cfg.rounding == "gptq" or cfg.scheme == "auto" or cfg.sequential
@@ -201,12 +195,17 @@ class QuantizeWeights(Pass):
             for p in plans
             if not p.weight.shared and id(p.weight.primary.node) in main and supports(p.weight)
         }
-        hessians: dict[str, LayerHessian] = {}
+        to_allocate = [p for p in plans if not p.bits]
         reference = model.copy() if calibrated and wants_hessian and cfg.sequential and plans else None
-        if calibrated and wants_hessian and plans and reference is None:
+        # Hessians of the unmodified model: for the rounding (unless sequential) and for the width search.
+        hessians: dict[str, LayerHessian] = {}
+        if calibrated and plans and ((wants_hessian and reference is None) or to_allocate):
             hessians = collect_hessians(
                 model, [p.weight for p in plans if p.weight.name in measurable], ctx.calibration
             )
+        allocated = self._allocate(model, to_allocate, ctx, result, hessians)
+        if reference is not None or not wants_hessian:
+            hessians = {}  # sequential: each layer's comes from the partly quantized model
 
         decided = []
         for plan in tqdm(
@@ -249,11 +248,12 @@ class QuantizeWeights(Pass):
             result.summary = "no weight quantized"
         if allocated:
             result.summary += f"; {allocated}"
-        if self._converted:
-            result.summary += f"; {self._converted}"
+        if converted:
+            result.summary += f"; {converted}"
         return result
 
-    def _allocate(self, model: Model, plans: list[_Plan], ctx: PassContext, result: PassResult) -> str:
+    def _allocate(self, model: Model, plans: list[_Plan], ctx: PassContext, result: PassResult,
+                  hessians: dict[str, LayerHessian]) -> str:
         """Rule 7: set the width of every plan not fixed by ``bits``/``bits_per_layer``; a summary line."""
         if not plans:
             return ""
@@ -267,7 +267,7 @@ class QuantizeWeights(Pass):
             return found.values, entropy_bytes(found.q - found.q.min()) + params
 
         chosen, summary = search_widths(model, [(p.weight, p.original) for p in plans], ctx, result, cfg.choices,
-                                        candidate, FidelityBound(cfg.metric, cfg.max_drop), cfg.budget)
+                                        candidate, FidelityBound(cfg.metric, cfg.max_drop), cfg.budget, hessians)
         for p in plans:
             p.bits = chosen[p.weight.name]
         return summary
@@ -288,10 +288,10 @@ class QuantizeWeights(Pass):
             axis = layout.out_axis
         return _Plan(w, cfg.fixed_bits(w) or 0, axis, w.array)  # 0: allocated by _allocate (rule 7)
 
-    def _settle_opset(self, model: Model, plans: list[_Plan], result: PassResult) -> list[_Plan] | None:
+    def _settle_opset(self, model: Model, plans: list[_Plan], result: PassResult) -> tuple[list[_Plan], str]:
         """Raise the default opset to what the plans (and ``opset``) need when that is safe, else convert the
-        model with onnx's version converter (None: converted, plan again); drop what cannot be lowered at the
-        opset the model keeps."""
+        model with onnx's version converter (then the second item says so and the plans must be made again);
+        drop what cannot be lowered at the opset the model keeps."""
         current = model.opset
         wanted = max([self.config.opset, *(p.opset for p in plans)]) if plans else current
         if wanted > current:
@@ -302,8 +302,7 @@ class QuantizeWeights(Pass):
             else:
                 failure = model.convert_opset(wanted)
                 if failure is None:
-                    self._converted = f"opset {current} -> {wanted} by onnx.version_converter (raising it {refusal})"
-                    return None
+                    return [], f"opset {current} -> {wanted} by onnx.version_converter (raising it {refusal})"
                 result.skipped.append(("opset", f"kept at {current}: raising it to {wanted} {refusal}, and "
                                                 f"onnx.version_converter failed: {failure}"))
         kept = []
@@ -317,7 +316,7 @@ class QuantizeWeights(Pass):
                 else ("per-axis scales" if p.axis is not None else "DequantizeLinear")
             )
             result.skipped.append((p.weight.name, f"{what} need ai.onnx opset {p.opset}; the model has {current}"))
-        return kept
+        return kept, ""
 
     # -- the values -------------------------------------------------------------------------------------------
     def _quantize(self, plan: _Plan, target: np.ndarray, hessian: LayerHessian | None) -> _Quantized:

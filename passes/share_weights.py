@@ -71,7 +71,6 @@ import numpy as np
 import scipy.sparse
 
 from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
-from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
@@ -123,9 +122,7 @@ class ShareWeights(Pass):
     description = "k-means weight sharing per layer (Deep Compression), centroids refined on calibration data"
 
     def check_requirements(self, ctx: PassContext) -> None:
-        if self.config.bits == "auto" and ctx.calibration is None:
-            raise PassError(f"pass '{self.name}' needs calibration data for bits: auto: pass --calib DATA "
-                            "(or give fixed bits)")
+        self.config.check_calibration(self.name, ctx.calibration)
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
@@ -133,21 +130,23 @@ class ShareWeights(Pass):
         eligible = [(w, a) for w in weight_table(model)
                     if w.role == "weight" and (a := self._eligible(w, result)) is not None]
         widths = {w.name: cfg.fixed_bits(w) for w, _ in eligible}
+        to_allocate = [(w, a) for w, a in eligible if widths[w.name] is None]
+        calibrated = cfg.refine and ctx.calibration is not None
+        # Hessians of the unmodified model (collected before any weight is written), for the refinement (unless
+        # sequential: then each layer's comes from the partly shared model) and for the width search.
+        hessians: dict[str, LayerHessian] = {}
+        if ctx.calibration is not None and ((calibrated and not cfg.sequential) or to_allocate):
+            hessians = collect_hessians(model, [w for w, _ in eligible if not w.shared], ctx.calibration)
         allocated = ""
-        if any(b is None for b in widths.values()):
-            chosen, allocated = self._allocate(model, [(w, a) for w, a in eligible if widths[w.name] is None], ctx,
-                                               result)
+        if to_allocate:
+            chosen, allocated = self._allocate(model, to_allocate, ctx, result, hessians)
             widths.update(chosen)
         plans = [p for w, a in eligible if (p := self._plan(w, a, widths[w.name], ctx, result)) is not None]
-
-        hessians: dict[str, LayerHessian] = {}
-        calibrated = cfg.refine and ctx.calibration is not None
         if cfg.refine and plans and not calibrated:
             result.skipped.append(("refinement", "no calibration data: centroids are the k-means means"))
         reference = model.copy() if calibrated and cfg.sequential and plans else None
-        if calibrated and plans and reference is None:
-            # All Hessians come from the unmodified model (collected before any weight is written).
-            hessians = collect_hessians(model, [p.weight for p in plans if not p.weight.shared], ctx.calibration)
+        if not calibrated or reference is not None:
+            hessians = {}
 
         for plan in Progress(plans, "share", ctx.progress):
             w = plan.weight
@@ -199,11 +198,11 @@ class ShareWeights(Pass):
         return _Plan(w, bits, array, mask, clustering, distinct)
 
     def _allocate(self, model: Model, items: list[tuple[Weight, np.ndarray]], ctx: PassContext,
-                  result: PassResult) -> tuple[dict[str, int], str]:
+                  result: PassResult, hessians: dict[str, LayerHessian]) -> tuple[dict[str, int], str]:
         """Rule 7: a width per weight from ``choices``, and a summary of the choice."""
         cfg = self.config
         return search_widths(model, items, ctx, result, cfg.choices, self._candidate,
-                             FidelityBound(cfg.metric, cfg.max_drop), cfg.budget)
+                             FidelityBound(cfg.metric, cfg.max_drop), cfg.budget, hessians)
 
     def _candidate(self, w: Weight, array: np.ndarray, bits: int, h: LayerHessian | None,
                    ctx: PassContext) -> tuple[np.ndarray, float]:
