@@ -70,9 +70,12 @@ class WeightEvaluator:
             return "agreement"
         return "cosine"
 
-    def drop(self, weights: dict[str, np.ndarray]) -> float:
+    def _run(self, weights: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
         self.evaluations += 1
-        outs = [self.session.run(self.outputs, {**feed, **weights}) for feed in self.data]
+        return [self.session.run(self.outputs, {**feed, **weights}) for feed in self.data]
+
+    def drop(self, weights: dict[str, np.ndarray]) -> float:
+        outs = self._run(weights)
         if self.metric == "accuracy":
             return self.reference_accuracy - self._accuracy(outs)
         if self.metric == "agreement":
@@ -92,8 +95,7 @@ class WeightEvaluator:
     def distortion(self, weights: dict[str, np.ndarray]) -> float:
         """Relative squared error of the outputs, ``sum ||y - y_ref||^2 / sum ||y_ref||^2``, averaged over outputs:
         a continuous measure for sensitivity analysis, where the bound's metric is too coarse."""
-        self.evaluations += 1
-        outs = [self.session.run(self.outputs, {**feed, **weights}) for feed in self.data]
+        outs = self._run(weights)
         total = 0.0
         for i in range(len(self.outputs)):
             num = sum(float(np.sum((o[i].astype(np.float64) - r[i]) ** 2)) for o, r in zip(outs, self.reference))

@@ -21,15 +21,15 @@ The summary gives the count of renamed tensors and the bytes of names before and
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.model import Model, iter_graphs
 from onnxcomp.pipeline import Pass, PassContext, PassResult
-
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -52,29 +52,22 @@ class ShortenNames(Pass):
         result = PassResult(modified=False)
         graph = model.graph
         kept = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
-        tensors: dict[str, list[gs.Tensor]] = {}  # old name -> every tensor object that carries it
+        tensors: dict[str, dict[int, gs.Tensor]] = {}  # old name -> every tensor object that carries it
         for g in iter_graphs(graph):
             for t in _ordered_tensors(g):
                 if t.name:
-                    objs = tensors.setdefault(t.name, [])
-                    if not any(o is t for o in objs):
-                        objs.append(t)
+                    tensors.setdefault(t.name, {})[id(t)] = t
         kept |= {n for n in tensors if any(fnmatch.fnmatchcase(n, p) for p in cfg.keep)}
         before = sum(len(n.encode()) for n in tensors)
-        counter = 0
+        ids = (i for i in (np.base_repr(n, 36).lower() for n in itertools.count()) if i not in kept)
         renamed = 0
         for old, objs in tensors.items():
-            if old in kept:
-                continue
-            new = _base36(counter)
-            counter += 1
-            while new in kept:
-                new = _base36(counter)
-                counter += 1
-            for t in objs:
-                t.name = new
-            renamed += 1
-        after = sum(len(t[0].name.encode()) for t in tensors.values())
+            if old not in kept:
+                new = next(ids)
+                for t in objs.values():
+                    t.name = new
+                renamed += 1
+        after = sum(len(next(iter(objs.values())).name.encode()) for objs in tensors.values())
         if cfg.node_names == "drop":
             for g in iter_graphs(graph):
                 for node in g.nodes:
@@ -90,12 +83,3 @@ def _ordered_tensors(graph: gs.Graph) -> list[gs.Tensor]:
     for node in graph.nodes:
         out += node.inputs + node.outputs
     return out + list(graph.outputs)
-
-
-def _base36(i: int) -> str:
-    s = ""
-    while True:
-        i, r = divmod(i, 36)
-        s = _DIGITS[r] + s
-        if i == 0:
-            return s
