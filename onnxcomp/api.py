@@ -12,7 +12,7 @@ calibration data, fidelity is measured on seeded random feeds where the input sh
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,17 @@ def save(model: Model | onnx.ModelProto, path: str | os.PathLike, external_data:
 
 def inspect(source: ModelSource) -> dict:
     return summarize(Model.load(source))
+
+
+def channel_groups(source: ModelSource, shapes: dict[str, Sequence[int]] | None = None,
+                   align: str = "strict") -> list[dict]:
+    """The channel groups filter pruning works with: members, size, and why a group is locked.
+    ``shapes`` gives graph input shapes where they have free dims other than the batch."""
+    from onnxcomp.channel_groups import analyze
+    from onnxcomp.cost import tensor_shapes
+
+    model = Model.load(source)
+    return analyze(model, align, tensor_shapes(model, shapes=shapes)).describe()
 
 
 def compress(

@@ -30,8 +30,13 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full summary as JSON.")
 @click.option("--layers", default=30, show_default=True, type=click.IntRange(min=0),
               help="Layer rows to print (0: all).")
-def inspect(model: str, as_json: bool, layers: int) -> None:
-    """Op histogram, size by section, parameters and bytes per layer."""
+@click.option("--groups", is_flag=True, help="Show the channel groups filter pruning uses, and why groups are locked.")
+@click.option("--shape", "shapes", multiple=True, help="With --groups: input shape for free dims, e.g. x=1x3x224x224.")
+def inspect(model: str, as_json: bool, layers: int, groups: bool, shapes: tuple[str, ...]) -> None:
+    """Op histogram, size by section, parameters and bytes per layer (or, with --groups, channel groups)."""
+    if groups:
+        _print_groups(api.channel_groups(model, _parse_shapes(shapes) or None), as_json)
+        return
     info = api.inspect(model)
     if as_json:
         click.echo(dumps_json(info), nl=False)
@@ -54,10 +59,23 @@ def inspect(model: str, as_json: bool, layers: int) -> None:
         click.echo(f"... {len(rows) - len(shown)} more (--layers 0 or --json)")
 
 
+def _print_groups(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        click.echo(dumps_json(rows), nl=False)
+        return
+    free = [r for r in rows if r["locked"] is None]
+    click.echo(f"{len(rows)} channel groups, {len(free)} prunable ({sum(r['channels'] for r in free):,} channels)")
+    for r in rows:
+        state = "prunable" if r["locked"] is None else f"locked: {r['locked']}"
+        click.echo(f"group {r['group']}: {r['channels']} channels, {state}")
+        click.echo(f"  members: {', '.join(r['members']) or '-'}")
+
+
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--output", required=True, help="Output .onnx path (must differ from MODEL).")
-@click.option("--recipe", default="cleanup", show_default=True, help="Built-in recipe name or YAML file.")
+@click.option("--recipe", default="cleanup", show_default=True,
+              help="Built-in recipe name or YAML file; chain with +, e.g. slim+int8.")
 @click.option("--calib", "calib", default=None, help="Calibration data: .npz, or a folder of .npz feeds.")
 @click.option("--seed", default=0, show_default=True, help="Seed for every random choice.")
 @click.option("--quiet", is_flag=True, help="Print no report (it is still written beside the output).")

@@ -140,11 +140,11 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData,
         ref_values = next(ref_iter) if reference is not None else None
         for w in weights:
             h = hessians[w.name]
-            patches = [p.astype(np.float32, copy=False) for p in _patches(w, values[inputs[w.name]], h.groups)]
+            patches = [p.astype(np.float32, copy=False) for p in input_patches(w, values[inputs[w.name]], h.groups)]
             for g, p32 in enumerate(patches):
                 h.H[g] += p32.T @ p32  # float32 GEMM per batch, float64 sums across batches
             if ref_values is not None:
-                ref = _patches(w, ref_values[inputs[w.name]], h.groups)
+                ref = input_patches(w, ref_values[inputs[w.name]], h.groups)
                 for g, p32 in enumerate(patches):
                     h.C[g] += p32.T @ ref[g].astype(np.float32, copy=False)
             h.count += patches[0].shape[0]
@@ -169,7 +169,7 @@ def _fan_in(w: Weight) -> int:
     return w.shape[0]  # MatMul: [K, N]
 
 
-def _patches(w: Weight, x: np.ndarray, groups: int) -> list[np.ndarray]:
+def input_patches(w: Weight, x: np.ndarray, groups: int) -> list[np.ndarray]:
     """Per group, the (patches x d) matrix whose rows are the vectors each output row is dotted with."""
     node = w.primary.node
     if node.op != "Conv":

@@ -72,11 +72,18 @@ def builtin_recipes() -> dict[str, str]:
 
 
 def load_recipe(spec: str | os.PathLike | dict | Recipe) -> Recipe:
-    """A built-in name, a YAML file, a dict, or a Recipe (returned as is)."""
+    """A built-in name, a YAML file, a dict, or a Recipe (returned as is). Names joined by ``+`` chain recipes
+    (``slim+int8``: the passes of each in order, the largest holdout)."""
     if isinstance(spec, Recipe):
         return spec
     if isinstance(spec, dict):
         return parse_recipe(spec, "recipe")
+    if isinstance(spec, str) and "+" in spec and not Path(spec).exists():
+        parts = [load_recipe(part) for part in spec.split("+") if part]
+        if not parts:
+            raise RecipeError(f"recipe '{spec}' names no recipe")
+        return Recipe(name=spec, steps=tuple(s for r in parts for s in r.steps),
+                      description=" + ".join(r.name for r in parts), holdout=max(r.holdout for r in parts))
     path = Path(spec)
     if not path.suffix and (BUILTIN_DIR / f"{spec}.yaml").exists():
         path = BUILTIN_DIR / f"{spec}.yaml"

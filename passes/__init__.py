@@ -7,6 +7,7 @@ from onnxcomp.passes.eliminate_identity import EliminateIdentity
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
 from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.pack_weights import PackWeights
+from onnxcomp.passes.prune_filters import PruneFilters
 from onnxcomp.passes.prune_magnitude import PruneMagnitude
 from onnxcomp.passes.quantize_activations import QuantizeActivations
 from onnxcomp.passes.quantize_weights import QuantizeWeights
@@ -21,6 +22,7 @@ PASSES = {
         FoldBatchNorm,
         EliminateDead,
         PruneMagnitude,
+        PruneFilters,
         ShareWeights,
         QuantizeWeights,
         QuantizeActivations,
@@ -36,6 +38,7 @@ __all__ = [
     "FoldBatchNorm",
     "FoldConstants",
     "PackWeights",
+    "PruneFilters",
     "PruneMagnitude",
     "QuantizeActivations",
     "QuantizeWeights",

@@ -1,0 +1,682 @@
+"""Channel groups: which channels of which tensors must be removed together (pure analysis, no mutation).
+
+Every channel of every activation tensor is an *element*. Ops relate elements: a Relu's output channel ``c`` is
+its input channel ``c`` (same element); a Concat's output channels are its inputs' channels at offsets; a Reshape
+or Transpose moves elements between axes; a residual Add makes ``a[c]`` and ``b[c]`` the same channel (a union).
+Union-find over elements gives *atoms*: sets of channels that can only be removed all together. A conv's output
+channels are fresh elements, so pruning a conv's filters is removing atoms (as in Torch-Pruning's dependency
+graph, here on the ONNX graph with explicit index maps).
+
+Constants attached to channels are *slots*: a conv's output rows ('out'), a consumer's input columns ('in'),
+BatchNorm / PRelu / broadcast Add-Mul parameters ('norm'). Removing an atom slices every slot position that
+holds one of its elements. Op attributes that count channels (depthwise ``group``, Split sizes, Slice bounds,
+Reshape shape constants, Resize sizes) are *fixups* the mutation pass rewrites.
+
+Rules (anything not listed locks the channels it touches, with the reason):
+- element-wise unary ops, pooling, Resize/Upsample (scale 1 on channels), Pad (no channel padding), Dropout,
+  Cast: output channels are the input's;
+- BatchNormalization, InstanceNormalization: parameters are 'norm' slots; PRelu slope and broadcast constant
+  operands of Add/Sub/Mul/Div/Pow/Min/Max likewise;
+- binary ops of two activations (Add, Mul-by-sigmoid, ...): their channels are unioned (``align='strict'``); with
+  ``align='independent'`` an Add input that is also used elsewhere (an identity shortcut) keeps its own channels
+  and is recorded as an :class:`Alignment` that the pruning pass repairs with a least-squares map;
+- Conv/ConvTranspose: group 1 (out rows / in columns), depthwise (output channels are the input's, times the
+  channel multiplier); other grouped convs lock;
+- Gemm (transA=0, constant B), MatMul with a constant 2-D right operand (channels on the last axis);
+- Concat on the channel axis (offsets) or another axis (inputs unioned); Split and Slice (step 1) on the channel
+  axis (offsets) or another axis;
+- Reshape / Flatten / Squeeze / Unsqueeze and Transpose: the element map is computed from the tensor shapes, so
+  Flatten -> Gemm maps a channel to its block of features and a channel shuffle (Reshape, Transpose, Reshape)
+  permutes channels. A Reshape that splits channels over several axes ties the outer axes (removal is along the
+  innermost one, the same positions in every row), so the reshaped tensor stays rectangular;
+- Reduce* and Softmax/LayerNormalization over non-channel axes;
+- graph inputs and outputs, tensors read inside subgraphs, and the channels of unknown ops are locked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxcomp.errors import PassError
+from onnxcomp.graph_edit import is_standard, node_label
+from onnxcomp.model import Model
+from onnxcomp.weights import constant_value, is_constant
+
+_UNARY = {
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
+    "Softsign", "Gelu", "Erf", "Identity", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil",
+    "Round", "Sign", "Sin", "Cos", "Mish", "ThresholdedRelu", "Cast", "Clip", "Dropout", "MaxPool",
+    "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "BatchNormalization",
+    "InstanceNormalization", "PRelu", "Resize", "Upsample", "Pad",
+}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "Sum", "Mean"}
+_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+           "ReduceLogSumExp", "ReduceSumSquare"}
+_RESHAPE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+_MAX_MAP = 1 << 24  # elements of the index array a Reshape is mapped through
+
+
+@dataclass
+class Space:
+    """The channels of one tensor: the tensor axes that hold them and the element id at each position."""
+
+    axes: tuple[int, ...]
+    ids: np.ndarray  # shape = the tensor's dims on ``axes``
+
+
+@dataclass
+class Slot:
+    """Positions of a constant input along ``axis`` that belong to channels (element ``ids[i]`` at position i)."""
+
+    node: gs.Node
+    input: int
+    axis: int
+    ids: np.ndarray
+    kind: str  # 'out' (a layer's output rows), 'in' (a consumer's input columns), 'norm' (per-channel params)
+
+
+@dataclass
+class Fixup:
+    """An op attribute or constant input that counts channels; rewritten after removal."""
+
+    node: gs.Node
+    kind: str  # 'depthwise', 'split', 'slice', 'reshape', 'resize'
+    tensor: str  # the tensor whose channels it counts
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Alignment:
+    """An Add input left with its own channels (``align='independent'``): channel ``c`` of ``source`` feeds
+    channel ``c`` of the Add; after pruning, a least-squares map aligns the kept channels."""
+
+    node: gs.Node
+    input: int
+    source: str
+
+
+@dataclass
+class ChannelGroup:
+    """Atoms produced by the same layers: the unit of importance ranking and channel-count rounding."""
+
+    index: int
+    atoms: list[int]
+    sources: tuple[str, ...]  # layers whose output rows are these channels
+    tensors: list[str]
+    members: list[str]  # layers with a slot on these channels ("conv3 (out)", "bn2 (norm)", ...)
+    locked: str | None = None  # why, when no atom may be removed
+
+    @property
+    def size(self) -> int:
+        return len(self.atoms)
+
+
+class ChannelGraph:
+    """The result of :func:`analyze`: spaces, slots, fixups, alignments, atoms and groups."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.spaces: dict[str, Space] = {}
+        self.slots: list[Slot] = []
+        self.fixups: list[Fixup] = []
+        self.alignments: list[Alignment] = []
+        self.groups: list[ChannelGroup] = []
+        self.locked: dict[int, str] = {}  # atom -> why it must stay (filled by analyze)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # the concrete shapes (batch 1) the analysis used
+        self._parent: list[int] = []
+        self._lock: dict[int, str] = {}
+
+    # -- union-find over elements -------------------------------------------------------------------------
+    def new(self, shape) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64))
+        base = len(self._parent)
+        self._parent.extend(range(base, base + n))
+        return np.arange(base, base + n, dtype=np.int64).reshape(shape)
+
+    def find(self, e: int) -> int:
+        parent = self._parent
+        while parent[e] != e:
+            parent[e] = parent[parent[e]]
+            e = parent[e]
+        return e
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(np.asarray(a).ravel().tolist(), np.asarray(b).ravel().tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self._parent[max(rx, ry)] = min(rx, ry)
+
+    def lock(self, ids: np.ndarray, reason: str) -> None:
+        for e in np.asarray(ids).ravel().tolist():
+            self._lock.setdefault(e, reason)
+
+    def atoms(self, ids: np.ndarray) -> np.ndarray:
+        """Atom (union-find root) of every element in ``ids``, same shape."""
+        flat = np.asarray(ids).ravel()
+        return np.fromiter((self.find(int(e)) for e in flat), np.int64, flat.size).reshape(np.shape(ids))
+
+    @property
+    def num_elements(self) -> int:
+        return len(self._parent)
+
+    def locked_atoms(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for e, why in self._lock.items():
+            out.setdefault(self.find(e), why)
+        return out
+
+    # -- queries used by the pruning pass ---------------------------------------------------------------
+    def keep_mask(self, removed: set[int]) -> np.ndarray:
+        """Per element: kept (True) unless its atom is in ``removed``."""
+        roots = self.atoms(np.arange(self.num_elements))
+        return ~np.isin(roots, np.fromiter(removed, np.int64, len(removed)))
+
+    def group_of_layer(self, layer: str) -> ChannelGroup | None:
+        return next((g for g in self.groups if layer in g.sources), None)
+
+    def describe(self) -> list[dict]:
+        """One row per group for ``inspect --groups``."""
+        return [{"group": g.index, "channels": g.size, "sources": list(g.sources), "members": g.members,
+                 "tensors": len(g.tensors), "locked": g.locked} for g in self.groups]
+
+
+def analyze(model: Model, align: str = "strict", shapes: dict[str, tuple[int, ...]] | None = None,
+            exclude: tuple[str, ...] = ()) -> ChannelGraph:
+    """The channel groups of the main graph. ``shapes`` maps tensor names to concrete shapes (batch 1); when
+    missing they are inferred (:func:`onnxcomp.cost.tensor_shapes`). ``exclude``: glob patterns of layers whose
+    output channels must stay."""
+    if align not in ("strict", "independent"):
+        raise PassError(f"align must be 'strict' or 'independent', got {align!r}")
+    if shapes is None:
+        from onnxcomp.cost import tensor_shapes
+        shapes = tensor_shapes(model)
+    analysis = _Analyzer(model, align, shapes)
+    analysis.run()
+    cg = analysis.cg
+    cg.shapes = shapes
+    for slot in cg.slots:
+        if slot.kind == "out" and any(fnmatch.fnmatchcase(node_label(slot.node), p) for p in exclude):
+            cg.lock(slot.ids, f"layer '{node_label(slot.node)}' is excluded")
+    _build_groups(cg)
+    return cg
+
+
+class _Analyzer:
+    def __init__(self, model: Model, align: str, shapes: dict[str, tuple[int, ...]]):
+        self.model = model
+        self.graph = model.graph
+        self.align = align
+        self.shapes = shapes
+        self.cg = ChannelGraph(model)
+        self.main_nodes = {id(n) for n in self.graph.nodes}
+
+    def run(self) -> None:
+        for node in self.graph.nodes:
+            if not is_standard(node):
+                self.refuse(node, f"custom op {node.domain}.{node.op}")
+                continue
+            handler = _HANDLERS.get(node.op)
+            if handler is None:
+                if node.op in _UNARY:
+                    handler = _unary
+                elif node.op in _BINARY:
+                    handler = _binary
+                elif node.op in _REDUCE:
+                    handler = _reduce
+                elif node.op in _RESHAPE:
+                    handler = _reshape
+                elif node.op in ("Shape", "Size"):
+                    continue  # reads the runtime shape; nothing to keep consistent
+                else:
+                    handler = None
+            reason = handler(self, node) if handler is not None else f"unsupported op {node.op}"
+            if reason:
+                self.refuse(node, reason)
+        for t in self.graph.outputs:
+            if t.name in self.cg.spaces:
+                self.cg.lock(self.cg.spaces[t.name].ids, f"graph output '{t.name}'")
+        for t in self._tensors():
+            space = self.cg.spaces.get(t.name)
+            if space is not None and any(id(n) not in self.main_nodes for n in t.outputs):
+                self.cg.lock(space.ids, f"'{t.name}' is read inside a subgraph")
+
+    def _tensors(self):
+        return [t for t in self.graph.tensors().values() if isinstance(t, gs.Variable)]
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def shape(self, t: gs.Tensor) -> tuple[int, ...] | None:
+        s = self.shapes.get(t.name)
+        return tuple(int(d) for d in s) if s is not None else None
+
+    def space(self, t: gs.Tensor) -> Space | None:
+        return self.cg.spaces.get(t.name)
+
+    def refuse(self, node: gs.Node, reason: str) -> None:
+        """Lock the channels of every activation input (their consumer cannot follow a removal)."""
+        why = f"{node.op} '{node_label(node)}': {reason}"
+        for t in node.inputs:
+            space = self.space(t)
+            if space is not None:
+                self.cg.lock(space.ids, why)
+
+    def need(self, t: gs.Tensor, axis: int, count: int, consumer: gs.Node) -> np.ndarray:
+        """The element ids along ``axis`` of ``t``; locked fresh ids when ``t`` has no such single-axis space."""
+        space = self.space(t)
+        if space is not None and space.axes == (axis,) and space.ids.shape == (count,):
+            return space.ids
+        if space is not None:
+            self.cg.lock(space.ids, f"{consumer.op} '{node_label(consumer)}' reads '{t.name}' on another axis")
+        ids = self.cg.new((count,))
+        producer = t.inputs[0] if t.inputs else None
+        why = (f"graph input '{t.name}'" if producer is None
+               else f"'{t.name}' comes from {producer.op} '{node_label(producer)}', whose channels are not tracked")
+        self.cg.lock(ids, why)
+        if space is None and not is_constant(t):
+            self.cg.spaces[t.name] = Space((axis,), ids)
+        return ids
+
+    def set(self, t: gs.Tensor, axes: tuple[int, ...], ids: np.ndarray) -> None:
+        self.cg.spaces[t.name] = Space(tuple(axes), ids)
+
+    def slot(self, node: gs.Node, index: int, axis: int, ids: np.ndarray, kind: str) -> None:
+        self.cg.slots.append(Slot(node, index, axis, np.asarray(ids), kind))
+
+
+def _rank_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+# -- handlers: return None when handled, else the reason the node locks its inputs --------------------
+def _unary(a: _Analyzer, node: gs.Node) -> str | None:
+    x = node.inputs[0]
+    space = a.space(x)
+    if space is None:
+        return None
+    op = node.op
+    if op in ("Resize", "Upsample"):
+        scales = constant_value(node.inputs[2]) if op == "Resize" and len(node.inputs) > 2 else (
+            constant_value(node.inputs[1]) if op == "Upsample" and len(node.inputs) > 1 else None)
+        sizes = constant_value(node.inputs[3]) if op == "Resize" and len(node.inputs) > 3 else None
+        if scales is not None and scales.size and any(scales[i] != 1 for i in space.axes):
+            return "resizes the channel axis"
+        if sizes is not None and sizes.size:
+            a.cg.fixups.append(Fixup(node, "resize", x.name))
+        elif scales is None and op == "Resize" and not (len(node.inputs) > 3 and node.inputs[3].name):
+            return "non-constant scales"
+    if op == "Pad":
+        pads = constant_value(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("pads", []))
+        if pads is None:
+            return "non-constant pads"
+        rank = len(pads) // 2
+        if any(pads[i] != 0 or pads[i + rank] != 0 for i in space.axes):
+            return "pads the channel axis"
+    if op in ("BatchNormalization", "InstanceNormalization"):
+        if space.axes != (1,):
+            return "normalizes an axis that is not the channel axis"
+        for i in range(1, len(node.inputs)):
+            value = constant_value(node.inputs[i])
+            if value is None or value.shape != space.ids.shape:
+                return f"input {i} is not a constant per-channel vector"
+            a.slot(node, i, 0, space.ids, "norm")
+    if op == "PRelu" and not _attach_operand(a, node, 1, space, kind="norm"):
+        return "the slope is not a per-channel constant"
+    for out in node.outputs[:1]:
+        a.set(out, space.axes, space.ids)
+    return None
+
+
+def _attach_operand(a: _Analyzer, node: gs.Node, index: int, space: Space, kind: str) -> bool:
+    """A constant operand broadcast against a tensor with ``space``: a slot when it varies along the channel
+    axes, nothing when it is constant along them. False when it cannot follow (non-constant, bad shape)."""
+    t = node.inputs[index]
+    value = constant_value(t)
+    if value is None:
+        return False
+    out_shape = a.shape(node.outputs[0])
+    rank = len(out_shape) if out_shape is not None else max(space.axes) + 1
+    offset = rank - value.ndim
+    varying = [ax for ax in space.axes if ax - offset >= 0 and value.shape[ax - offset] > 1]
+    if node.op == "PRelu" and value.ndim == 1 and value.size > 1 and space.axes == (1,):
+        varying = [1]  # PRelu's unidirectional broadcast of a [C] slope is over axis 1, as exporters use it
+        offset = 0
+    if not varying:
+        return True
+    if len(varying) > 1 or len(space.axes) > 1:
+        return False
+    ax = varying[0]
+    const_axis = 0 if node.op == "PRelu" and value.ndim == 1 else ax - offset
+    if value.shape[const_axis] != space.ids.shape[0]:
+        return False
+    a.slot(node, index, const_axis, space.ids, kind)
+    return True
+
+
+def _binary(a: _Analyzer, node: gs.Node) -> str | None:
+    spaces = [(i, a.space(t)) for i, t in enumerate(node.inputs)]
+    live = [(i, s) for i, s in spaces if s is not None]
+    if not live:
+        return None
+    out_shape = a.shape(node.outputs[0])
+    if out_shape is None:
+        return "unknown output shape"
+    rank = len(out_shape)
+
+    def aligned(i: int, s: Space) -> tuple[int, ...]:
+        in_shape = a.shape(node.inputs[i])
+        off = rank - len(in_shape) if in_shape is not None else 0
+        return tuple(ax + off for ax in s.axes)
+
+    base_i, base = live[0]
+    axes = aligned(base_i, base)
+    for i, s in live[1:]:
+        if aligned(i, s) != axes or s.ids.shape != base.ids.shape:
+            if s.ids.size == 1 or base.ids.size == 1:
+                return "broadcasts a one-channel tensor over channels"
+            return "inputs carry channels on different axes"
+    for i, t in enumerate(node.inputs):
+        if spaces[i][1] is not None:
+            continue
+        if is_constant(t):
+            if not _attach_operand(a, node, i, Space(axes, base.ids), kind="norm"):
+                return f"constant input {i} does not broadcast per channel"
+        else:
+            shape = a.shape(t)
+            off = rank - len(shape) if shape is not None else 0
+            if shape is None or any(ax - off >= 0 and shape[ax - off] > 1 for ax in axes):
+                return f"input '{t.name}' has channels that are not tracked"
+    out_ids = base.ids
+    if a.align == "independent" and node.op in ("Add", "Sum") and len(live) > 1:
+        exclusive = [(i, s) for i, s in live if len(node.inputs[i].outputs) == 1]
+        shared = [(i, s) for i, s in live if len(node.inputs[i].outputs) > 1]
+        if exclusive and shared:
+            out_ids = exclusive[0][1].ids
+            for _, s in exclusive[1:]:
+                a.cg.union(out_ids, s.ids)
+            for i, _ in shared:
+                a.cg.alignments.append(Alignment(node, i, node.inputs[i].name))
+            a.set(node.outputs[0], axes, out_ids)
+            return None
+    for _, s in live[1:]:
+        a.cg.union(base.ids, s.ids)
+    a.set(node.outputs[0], axes, out_ids)
+    return None
+
+
+def _conv(a: _Analyzer, node: gs.Node) -> str | None:
+    x, w = node.inputs[0], node.inputs[1]
+    wv = constant_value(w)
+    if wv is None:
+        a.refuse(node, "non-constant weight")
+        return None
+    group = int(node.attrs.get("group", 1))
+    transposed = node.op == "ConvTranspose"
+    cin = wv.shape[0] if transposed else wv.shape[1] * group
+    cout = wv.shape[1] * group if transposed else wv.shape[0]
+    in_ids = a.need(x, 1, cin, node)
+    has_bias = len(node.inputs) > 2 and node.inputs[2].name != ""
+    if group == 1:
+        a.slot(node, 1, 0 if transposed else 1, in_ids, "in")
+        out_ids = a.cg.new((cout,))
+        a.slot(node, 1, 1 if transposed else 0, out_ids, "out")
+    elif group == cin and wv.shape[1] == 1 and cout % cin == 0:  # depthwise (times a channel multiplier)
+        mult = cout // cin
+        out_ids = np.repeat(in_ids, mult)
+        a.slot(node, 1, 0, out_ids if not transposed else in_ids, "out")
+        a.cg.fixups.append(Fixup(node, "depthwise", x.name, {"multiplier": mult}))
+    else:
+        why = f"{node.op} '{node_label(node)}': grouped convolution (group={group})"
+        a.cg.lock(in_ids, why)
+        out_ids = a.cg.new((cout,))
+        a.cg.lock(out_ids, why)
+    if has_bias:
+        a.slot(node, 2, 0, out_ids, "out")
+    a.set(node.outputs[0], (1,), out_ids)
+    return None
+
+
+def _gemm(a: _Analyzer, node: gs.Node) -> str | None:
+    x, w = node.inputs[0], node.inputs[1]
+    wv = constant_value(w)
+    if wv is None or int(node.attrs.get("transA", 0)) or wv.ndim != 2:
+        return "needs transA=0 and a constant B"
+    trans = int(node.attrs.get("transB", 0))
+    k, n = (wv.shape[1], wv.shape[0]) if trans else wv.shape
+    in_ids = a.need(x, 1, k, node)
+    a.slot(node, 1, 1 if trans else 0, in_ids, "in")
+    out_ids = a.cg.new((n,))
+    a.slot(node, 1, 0 if trans else 1, out_ids, "out")
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = constant_value(node.inputs[2])
+        if c is None:
+            a.cg.lock(out_ids, f"Gemm '{node_label(node)}': non-constant C")
+        elif c.size > 1:
+            if c.shape[-1] != n or (c.ndim == 2 and c.shape[0] != 1):
+                a.cg.lock(out_ids, f"Gemm '{node_label(node)}': C is not a per-column bias")
+            else:
+                a.slot(node, 2, c.ndim - 1, out_ids, "out")
+    a.set(node.outputs[0], (1,), out_ids)
+    return None
+
+
+def _matmul(a: _Analyzer, node: gs.Node) -> str | None:
+    x, w = node.inputs
+    wv = constant_value(w)
+    shape = a.shape(x)
+    if wv is None or wv.ndim != 2 or shape is None or is_constant(x):
+        return "needs an activation times a constant 2-D matrix"
+    rank = len(shape)
+    in_ids = a.need(x, rank - 1, wv.shape[0], node)
+    a.slot(node, 1, 0, in_ids, "in")
+    out_ids = a.cg.new((wv.shape[1],))
+    a.slot(node, 1, 1, out_ids, "out")
+    a.set(node.outputs[0], (rank - 1,), out_ids)
+    return None
+
+
+def _concat(a: _Analyzer, node: gs.Node) -> str | None:
+    out_shape = a.shape(node.outputs[0])
+    if out_shape is None:
+        return "unknown output shape"
+    axis = _rank_axis(int(node.attrs.get("axis", 0)), len(out_shape))
+    if not any(a.space(t) is not None for t in node.inputs):
+        return None
+    if all(a.space(t) is None or a.space(t).axes == (axis,) for t in node.inputs):
+        parts = []
+        for t in node.inputs:
+            shape = a.shape(t)
+            if shape is None:
+                return f"unknown shape of '{t.name}'"
+            parts.append(a.need(t, axis, shape[axis], node))
+        a.set(node.outputs[0], (axis,), np.concatenate(parts))
+        return None
+    live = [a.space(t) for t in node.inputs if a.space(t) is not None]
+    if any(axis in s.axes for s in live):
+        return "concatenates along a channel axis of a multi-axis channel space"
+    base = live[0]
+    for s in live[1:]:
+        if s.axes != base.axes or s.ids.shape != base.ids.shape:
+            return "inputs carry channels on different axes"
+        a.cg.union(base.ids, s.ids)
+    if len(live) != len(node.inputs):
+        return "some inputs have untracked channels"
+    a.set(node.outputs[0], base.axes, base.ids)
+    return None
+
+
+def _split(a: _Analyzer, node: gs.Node) -> str | None:
+    x = node.inputs[0]
+    space = a.space(x)
+    if space is None:
+        return None
+    shape = a.shape(x)
+    axis = _rank_axis(int(node.attrs.get("axis", 0)), len(shape))
+    if axis not in space.axes:
+        for out in node.outputs:
+            a.set(out, space.axes, space.ids)
+        return None
+    if space.axes != (axis,):
+        return "splits a multi-axis channel space"
+    sizes = [a.shape(o)[axis] if a.shape(o) is not None else None for o in node.outputs]
+    if None in sizes:
+        return "unknown output shapes"
+    bounds = np.cumsum([0] + sizes)
+    for out, lo, hi in zip(node.outputs, bounds[:-1], bounds[1:]):
+        a.set(out, (axis,), space.ids[lo:hi])
+    a.cg.fixups.append(Fixup(node, "split", x.name, {"axis": axis, "bounds": bounds.tolist()}))
+    return None
+
+
+def _slice(a: _Analyzer, node: gs.Node) -> str | None:
+    x = node.inputs[0]
+    space = a.space(x)
+    if space is None:
+        return None
+    shape = a.shape(x)
+    consts = [constant_value(t) if i < len(node.inputs) and node.inputs[i].name else None
+              for i, t in enumerate(list(node.inputs) + [None] * 5) if 1 <= i <= 4]
+    starts, ends, axes, steps = consts
+    if starts is None or ends is None:
+        return "non-constant starts/ends"
+    axes = np.arange(len(starts)) if axes is None else axes
+    steps = np.ones(len(starts), np.int64) if steps is None else steps
+    cut = None
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        ax = _rank_axis(int(ax), len(shape))
+        if ax in space.axes:
+            if space.axes != (ax,) or st != 1:
+                return "slices the channel axis with a step or a multi-axis space"
+            cut = slice(*slice(int(s), int(e)).indices(shape[ax]))
+    ids = space.ids if cut is None else space.ids[cut]
+    if cut is not None:
+        a.cg.fixups.append(Fixup(node, "slice", x.name, {"axis": space.axes[0], "start": cut.start,
+                                                          "stop": cut.stop, "rank": len(shape)}))
+    a.set(node.outputs[0], space.axes, ids)
+    return None
+
+
+def _transpose(a: _Analyzer, node: gs.Node) -> str | None:
+    x = node.inputs[0]
+    space = a.space(x)
+    if space is None:
+        return None
+    shape = a.shape(x)
+    perm = list(node.attrs.get("perm", list(range(len(shape)))[::-1]))
+    new_axes = [perm.index(ax) for ax in space.axes]
+    order = np.argsort(new_axes)
+    a.set(node.outputs[0], tuple(sorted(new_axes)), np.transpose(space.ids, order))
+    return None
+
+
+def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
+    x, y = node.inputs[0], node.outputs[0]
+    space = a.space(x)
+    if space is None:
+        return None
+    s_in, s_out = a.shape(x), a.shape(y)
+    if s_in is None or s_out is None:
+        return "unknown shapes"
+    if int(np.prod(s_in)) > _MAX_MAP:
+        return "tensor too large to map"
+    if node.op == "Reshape" and constant_value(node.inputs[1]) is None:
+        return "non-constant shape"
+    full = np.broadcast_to(np.expand_dims(space.ids, [i for i in range(len(s_in)) if i not in space.axes]),
+                           s_in)
+    mapped = full.reshape(s_out)
+    varying = tuple(i for i in range(len(s_out))
+                    if s_out[i] > 1 and not np.array_equal(mapped, np.take(mapped, [0], axis=i).repeat(s_out[i], i)))
+    if not varying:
+        return "removes the channel axis"
+    if 0 in varying:
+        return "moves channels into the batch axis"
+    index = tuple(slice(None) if i in varying else 0 for i in range(len(s_out)))
+    ids = mapped[index]
+    if len(varying) > 1:  # removal along the innermost axis only: tie the outer positions
+        inner = ids.reshape(-1, ids.shape[-1])
+        for j in range(inner.shape[1]):
+            a.cg.union(np.full(inner.shape[0], inner[0, j]), inner[:, j])
+    if node.op == "Reshape":
+        a.cg.fixups.append(Fixup(node, "reshape", x.name, {"out_axes": varying, "out_shape": s_out}))
+    a.set(y, varying, np.ascontiguousarray(ids))
+    return None
+
+
+def _reduce(a: _Analyzer, node: gs.Node) -> str | None:
+    x = node.inputs[0]
+    space = a.space(x)
+    if space is None:
+        return None
+    rank = len(a.shape(x))
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        axes = constant_value(node.inputs[1])
+        if axes is None:
+            return "non-constant axes"
+    axes = list(range(rank)) if axes is None or len(axes) == 0 else [_rank_axis(int(v), rank) for v in axes]
+    if any(ax in axes for ax in space.axes):
+        return "reduces over the channel axis"
+    keep = int(node.attrs.get("keepdims", 1))
+    new_axes = tuple(ax - (0 if keep else sum(r < ax for r in axes)) for ax in space.axes)
+    a.set(node.outputs[0], new_axes, space.ids)
+    return None
+
+
+def _softmax(a: _Analyzer, node: gs.Node) -> str | None:
+    x = node.inputs[0]
+    space = a.space(x)
+    if space is None:
+        return None
+    rank = len(a.shape(x))
+    if node.op == "LayerNormalization":
+        first = _rank_axis(int(node.attrs.get("axis", -1)), rank)
+        if any(ax >= first for ax in space.axes):
+            return "normalizes over the channel axis"
+    else:
+        ax = _rank_axis(int(node.attrs.get("axis", -1)), rank)
+        if ax in space.axes:
+            return "normalizes over the channel axis"
+    a.set(node.outputs[0], space.axes, space.ids)
+    return None
+
+
+_HANDLERS = {
+    "Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
+    "Split": _split, "Slice": _slice, "Transpose": _transpose, "Softmax": _softmax, "LogSoftmax": _softmax,
+    "LayerNormalization": _softmax,
+}
+
+
+def _build_groups(cg: ChannelGraph) -> None:
+    """Atoms keyed by the layers that produce them; the lock reason of a group is its first locked atom's."""
+    locked = cg.locked_atoms()
+    cg.locked = locked
+    sources: dict[int, set[str]] = defaultdict(set)
+    members: dict[int, list[str]] = defaultdict(list)
+    for slot in cg.slots:
+        label = f"{node_label(slot.node)} ({slot.kind})"
+        for root in set(cg.atoms(slot.ids).tolist()):
+            if slot.kind == "out":
+                sources[root].add(node_label(slot.node))
+            if label not in members[root]:
+                members[root].append(label)
+    tensors: dict[int, list[str]] = defaultdict(list)
+    for name, space in cg.spaces.items():
+        for root in set(cg.atoms(space.ids).ravel().tolist()):
+            tensors[root].append(name)
+    by_key: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for root in sorted(set(tensors) | set(members)):
+        by_key[tuple(sorted(sources[root]))].append(root)
+    for key, roots in by_key.items():
+        names = sorted({n for r in roots for n in tensors[r]})
+        mem = list(dict.fromkeys(m for r in roots for m in members[r]))
+        if not key:  # e.g. the channels of a graph input
+            for r in roots:
+                locked.setdefault(r, "no layer produces these channels")
+        free = [r for r in roots if r not in locked]
+        why = None if free else locked[roots[0]]
+        cg.groups.append(ChannelGroup(len(cg.groups), roots, key, names, mem, why))
+

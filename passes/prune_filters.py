@@ -1,0 +1,425 @@
+"""Filter (channel) pruning: remove whole channels, so the graph is physically smaller and faster everywhere.
+
+Rules:
+1. Channel groups come from :mod:`onnxcomp.channel_groups` (the analysis): a removal takes out an *atom*, every
+   channel tied to it across convs, BatchNorms, residual Adds, Concat/Split offsets, reshapes and consumers.
+   Locked atoms (graph inputs/outputs, unknown ops, excluded layers) stay.
+2. Importance per atom (:mod:`onnxcomp.channel_importance`): ``l1``, ``l2``, ``fpgm``, ``bn`` (BN gamma) or
+   ``activation`` (calibration), normalised per slot and averaged over the group's members.
+3. How many: ``ratio`` of each group's channels (``scope: layer``; ``layer_ratio`` globs on a group's layers
+   override it) or of all channels ranked together (``scope: global``, each group keeping at least
+   ``1 - max_ratio``); or the ratio is searched (bisection) until the MACs drop by ``flops`` (``target: flops``)
+   or the onnxruntime latency improves ``speedup`` times (``target: latency``, measured at batch 1 on the
+   calibration feed or seeded random inputs). Kept channel counts are rounded up to a multiple of ``round_to``.
+4. The rewrite slices every slot (weights, biases, BN parameters, broadcast constants), sets depthwise
+   ``group``, Split sizes, Slice bounds, Reshape shapes and Resize sizes, and drops the stale intermediate
+   shapes; the result runs in stock onnxruntime.
+5. ``align: independent`` leaves identity shortcuts with their own channels; each mismatched Add input gets a
+   1x1 map (a Conv, or MatMul + Add for channels-last tensors) that starts as the plain channel selection.
+6. ``repair`` (needs calibration data): layer by layer in graph order, every consumer whose input lost channels
+   (and every inserted map) is re-fitted by least squares to reproduce the original model's output on the
+   calibration inputs (:mod:`onnxcomp.repair`, ThiNet / channel-pruning style, no retraining); each sees the
+   already repaired layers before it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxcomp.bench import bench_feed, benchmark
+from onnxcomp.channel_groups import ChannelGraph, analyze
+from onnxcomp.channel_importance import CRITERIA, importance
+from onnxcomp.cost import HEAVY_OPS, node_costs, tensor_shapes, total_macs
+from onnxcomp.errors import PassError
+from onnxcomp.graph_edit import node_label, tensor_names, unique_name
+from onnxcomp.model import Model
+from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.progress import Progress
+from onnxcomp.repair import fit_channel_map, refit_layer
+from onnxcomp.weights import constant_value
+
+_BISECT_STEPS = 12
+
+
+@dataclass(frozen=True)
+class FilterPruneConfig:
+    criterion: Literal["l1", "l2", "fpgm", "bn", "activation"] = "l1"
+    target: Literal["ratio", "flops", "latency"] = "ratio"
+    ratio: float = 0.5
+    flops: float = 0.5
+    speedup: float = 1.5
+    scope: Literal["layer", "global"] = "layer"
+    layer_ratio: dict[str, float] = field(default_factory=dict)
+    max_ratio: float = 0.9
+    round_to: int = 1
+    exclude: tuple[str, ...] = ()
+    align: Literal["strict", "independent"] = "strict"
+    repair: bool = True
+    damp: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        for name, v in [("ratio", self.ratio), ("flops", self.flops), ("max_ratio", self.max_ratio),
+                        *[(f"layer_ratio[{k}]", v) for k, v in self.layer_ratio.items()]]:
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v}")
+        if self.speedup < 1.0:
+            raise ValueError(f"speedup must be >= 1, got {self.speedup}")
+        if self.round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+
+
+class PruneFilters(Pass):
+    name = "prune_filters"
+    Config = FilterPruneConfig
+    description = "filter pruning over channel groups (residual/concat/split aware), with least-squares repair"
+
+    def check_requirements(self, ctx: PassContext) -> None:
+        cfg = self.config
+        if ctx.calibration is None and (cfg.repair or cfg.criterion == "activation"):
+            why = "least-squares repair" if cfg.repair else "the activation criterion"
+            raise PassError(f"pass '{self.name}' needs calibration data for {why}: pass --calib DATA "
+                            "(or set repair: false and a weight criterion)")
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        cfg = self.config
+        result = PassResult(modified=False)
+        shapes = _shapes(model, ctx)
+        cg = analyze(model, cfg.align, shapes, cfg.exclude)
+        free = [g for g in cg.groups if g.locked is None]
+        for g in cg.groups:
+            if g.locked is not None and g.sources:
+                result.skipped.append((", ".join(g.sources[:3]) + ("..." if len(g.sources) > 3 else ""), g.locked))
+        if not free:
+            result.summary = "no prunable channel group"
+            return result
+        scores = importance(cg, cfg.criterion, ctx.calibration)
+        planner = _Planner(cg, scores, cfg)
+        costs = {c.node: c.macs for c in node_costs(model, shapes=_input_shapes(shapes, model)) if c.op in HEAVY_OPS}
+        if cfg.target == "ratio":
+            removed = planner.removed(cfg.ratio)
+        elif cfg.target == "flops":
+            removed = planner.search(lambda r: 1.0 - _macs_after(cg, r, costs) / max(sum(costs.values()), 1),
+                                     cfg.flops)
+        else:
+            removed = planner.search(lambda r: _speedup(model, r, ctx, cfg, shapes), cfg.speedup)
+        if not removed:
+            result.summary = "nothing to remove at this ratio"
+            return result
+        macs_before = total_macs(model, shapes=_input_shapes(shapes, model))
+        reference = model.copy() if cfg.repair else None
+        before = {g.index: g.size for g in cg.groups}
+        maps = apply_removal(model, cg, removed)
+        errors = {}
+        if cfg.repair:
+            errors = _repair(model, reference, cg, removed, maps, ctx, cfg.damp)
+        result.modified = True
+        macs_after = total_macs(model, shapes=_input_shapes(shapes, model))
+        for g in free:
+            gone = sum(1 for a in g.atoms if a in removed)
+            result.records.append({"layer": ", ".join(g.sources), "channels": before[g.index],
+                                   "kept": before[g.index] - gone, "criterion": cfg.criterion,
+                                   **({"output_error": errors.get(g.sources[0])} if cfg.repair else {})})
+        result.summary = (f"{len(removed)} of {sum(g.size for g in free)} prunable channels removed in "
+                          f"{sum(1 for g in free if any(a in removed for a in g.atoms))} groups; MACs "
+                          f"{macs_before:,} -> {macs_after:,} ({1 - macs_after / max(macs_before, 1):.1%} fewer)"
+                          + (f"; {len(maps)} shortcut maps" if maps else ""))
+        return result
+
+
+def _input_shapes(shapes: dict[str, tuple[int, ...]], model: Model) -> dict[str, tuple[int, ...]]:
+    return {t.name: shapes[t.name] for t in model.graph.inputs if t.name in shapes}
+
+
+def _shapes(model: Model, ctx: PassContext) -> dict[str, tuple[int, ...]]:
+    """Concrete tensor shapes at batch 1; free input dims are taken from the first calibration feed."""
+    given = None
+    if ctx.calibration is not None and len(ctx.calibration):
+        first = next(iter(ctx.calibration))
+        given = {k: (1, *np.shape(v)[1:]) for k, v in first.items()}
+    return tensor_shapes(model, shapes=given)
+
+
+class _Planner:
+    """Which atoms go at a given ratio, by group (``scope: layer``) or ranked globally."""
+
+    def __init__(self, cg: ChannelGraph, scores: dict[int, float], cfg: FilterPruneConfig):
+        self.cfg = cfg
+        self.groups = []
+        for g in cg.groups:
+            if g.locked is not None:
+                continue
+            free = [a for a in g.atoms if a not in cg.locked]
+            ranked = sorted(free, key=lambda a: (scores.get(a, 0.0), a))
+            override = next((v for p, v in cfg.layer_ratio.items()
+                             if any(fnmatch.fnmatchcase(s, p) for s in g.sources)), None)
+            self.groups.append((g, ranked, override, scores))
+
+    def _count(self, g, ranked, ratio: float) -> int:
+        """Atoms to remove so that the kept count is a multiple of ``round_to`` (rounded up) and > 0."""
+        n, fixed = g.size, g.size - len(ranked)
+        keep = max(n - int(np.floor(ratio * n + 1e-9)), 1)
+        step = self.cfg.round_to
+        keep = min(-(-keep // step) * step, n)
+        return max(0, min(n - keep, len(ranked) - (0 if fixed else 1)))
+
+    def removed(self, ratio: float) -> set[int]:
+        out: set[int] = set()
+        if self.cfg.scope == "layer" or self.cfg.layer_ratio:
+            for g, ranked, override, _ in self.groups:
+                if self.cfg.scope == "global" and override is None:
+                    continue
+                out.update(ranked[:self._count(g, ranked, ratio if override is None else override)])
+            if self.cfg.scope == "layer":
+                return out
+        pool = [(scores.get(a, 0.0), a, gi) for gi, (g, ranked, override, scores) in enumerate(self.groups)
+                if override is None for a in ranked]
+        budget = int(np.floor(ratio * len(pool) + 1e-9))
+        cap = {gi: self._count(g, ranked, self.cfg.max_ratio) for gi, (g, ranked, _, _) in enumerate(self.groups)}
+        taken: dict[int, list[int]] = {}
+        for _, a, gi in sorted(pool)[:]:
+            if budget <= 0:
+                break
+            if len(taken.setdefault(gi, [])) < cap[gi]:
+                taken[gi].append(a)
+                budget -= 1
+        for gi, atoms in taken.items():  # round each group's kept count up to the multiple
+            g, ranked, _, _ = self.groups[gi]
+            k = self._count(g, ranked, len(atoms) / g.size)
+            out.update(ranked[:k] if ranked[:k] else [])
+        return out
+
+    def search(self, measure, goal: float) -> set[int]:
+        """The smallest ratio whose removal reaches ``measure >= goal`` (bisection; the largest tried if none)."""
+        lo, hi = 0.0, self.cfg.max_ratio
+        best = self.removed(hi)
+        if measure(best) < goal:
+            return best
+        for _ in range(_BISECT_STEPS):
+            mid = (lo + hi) / 2
+            cand = self.removed(mid)
+            if measure(cand) >= goal:
+                hi, best = mid, cand
+            else:
+                lo = mid
+        return best
+
+
+def _macs_after(cg: ChannelGraph, removed: set[int], costs: dict[str, int]) -> int:
+    """MACs of the weighted layers after removing ``removed``: each scales with its kept input and output
+    positions (exact for Conv/Gemm/MatMul; depthwise convs scale with their channels)."""
+    keep = cg.keep_mask(removed)
+    frac: dict[str, float] = {}
+    for s in cg.slots:
+        if s.input != 1 or s.kind not in ("in", "out"):
+            continue
+        label = node_label(s.node)
+        frac[label] = frac.get(label, 1.0) * float(keep[s.ids].mean())
+    maps = 0  # the 1x1 maps independent alignment inserts: positions x kept source x kept destination channels
+    for al in cg.alignments:
+        src, dst = cg.spaces[al.source].ids, cg.spaces[al.node.outputs[0].name].ids
+        if not np.array_equal(np.flatnonzero(keep[src]), np.flatnonzero(keep[dst])):
+            positions = int(np.prod(cg.shapes[al.source])) // src.size
+            maps += positions * int(keep[src].sum()) * int(keep[dst].sum())
+    return int(sum(m * frac.get(name, 1.0) for name, m in costs.items())) + maps
+
+
+def _speedup(model: Model, removed: set[int], ctx: PassContext, cfg: FilterPruneConfig,
+             shapes: dict[str, tuple[int, ...]]) -> float:
+    """Measured onnxruntime speedup (batch 1, interleaved medians) of removing ``removed``. The copy is analysed
+    again; the analysis is deterministic, so atoms are numbered as in the original."""
+    candidate = model.copy()
+    apply_removal(candidate, analyze(candidate, cfg.align, shapes, cfg.exclude), removed)
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp, "a.onnx"), Path(tmp, "b.onnx")
+        model.save(a)
+        candidate.save(b)
+        feed = next(iter(ctx.calibration)) if ctx.calibration is not None else None
+        if feed is not None:
+            feed = {k: v[:1] for k, v in feed.items()}
+        else:
+            feed = bench_feed(str(a))
+        rows = benchmark([str(a), str(b)], feed, rounds=15, warmup=2)
+    return rows[1].speedup
+
+
+def apply_removal(model: Model, cg: ChannelGraph, removed: set[int]) -> list:
+    """Remove the atoms ``removed`` from ``model`` (the model ``cg`` was computed on). Returns the inserted
+    shortcut maps as (node, source tensor, kept source channels, kept destination channels)."""
+    keep = cg.keep_mask(removed)
+    names = tensor_names(model.graphs())
+    by_input: dict[tuple[int, int], list] = {}
+    for s in cg.slots:
+        by_input.setdefault((id(s.node), s.input), []).append(s)
+    for slots in by_input.values():
+        node, index = slots[0].node, slots[0].input
+        value = constant_value(node.inputs[index])
+        new = value
+        for s in slots:
+            mask = keep[s.ids]
+            if not mask.all():
+                new = np.compress(mask, new, axis=s.axis)
+        if new is not value:
+            _set_input(node, index, new.astype(value.dtype), names)
+    for f in cg.fixups:
+        _FIXUPS[f.kind](f, cg, keep, names)
+    maps = _insert_maps(model, cg, keep, names)
+    for t in model.graph.tensors().values():
+        if isinstance(t, gs.Variable) and not any(t is o for o in model.graph.outputs) \
+                and not any(t is i for i in model.graph.inputs):
+            t.shape = None
+    return maps
+
+
+def _set_input(node: gs.Node, index: int, value: np.ndarray, names: set[str]) -> None:
+    """Give ``node`` its own constant for input ``index`` (shared constants are never edited in place)."""
+    old = node.inputs[index]
+    node.inputs[index] = gs.Constant(unique_name(f"{old.name}_pruned", names), np.ascontiguousarray(value))
+
+
+def _fix_depthwise(f, cg, keep, names) -> None:
+    f.node.attrs["group"] = int(keep[cg.spaces[f.tensor].ids].sum())
+
+
+def _fix_split(f, cg, keep, names) -> None:
+    node = f.node
+    sizes = np.asarray([int(keep[cg.spaces[o.name].ids].sum()) for o in node.outputs], np.int64)
+    if "split" in node.attrs:
+        node.attrs["split"] = sizes.tolist()
+    else:
+        node.attrs.pop("num_outputs", None)
+        if len(node.inputs) > 1 and node.inputs[1].name:
+            _set_input(node, 1, sizes, names)
+        else:
+            node.inputs.append(gs.Constant(unique_name(f"{node_label(node)}_split", names), sizes))
+
+
+def _fix_slice(f, cg, keep, names) -> None:
+    node, axis, rank = f.node, f.data["axis"], f.data["rank"]
+    kept = keep[cg.spaces[f.tensor].ids]
+    start, stop = int(kept[:f.data["start"]].sum()), int(kept[:f.data["stop"]].sum())
+    starts = constant_value(node.inputs[1])
+    axes = constant_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+    axes = np.arange(len(starts)) if axes is None else axes
+    position = next(i for i, a in enumerate(axes.tolist()) if (a + rank if a < 0 else a) == axis)
+    for slot, value in ((1, start), (2, stop)):
+        arr = constant_value(node.inputs[slot]).copy()
+        arr[position] = value
+        _set_input(node, slot, arr, names)
+
+
+def _fix_reshape(f, cg, keep, names) -> None:
+    node = f.node
+    out = cg.spaces[node.outputs[0].name]
+    shape = list(f.data["out_shape"])
+    kept = keep[out.ids]
+    for k, ax in enumerate(out.axes):
+        other = tuple(i for i in range(kept.ndim) if i != k)
+        shape[ax] = int(kept.any(axis=other).sum()) if other else int(kept.sum())
+    old = constant_value(node.inputs[1]).astype(np.int64)
+    new = old.copy()
+    for i, dim in enumerate(shape):
+        if i < len(old) and old[i] == -1:
+            continue
+        if i in out.axes or old[i] != 0:
+            new[i] = dim if i in out.axes else old[i]
+    if not np.array_equal(new, old):
+        _set_input(node, 1, new, names)
+
+
+def _fix_resize(f, cg, keep, names) -> None:
+    node = f.node
+    sizes = constant_value(node.inputs[3]).astype(np.int64).copy()
+    space = cg.spaces[f.tensor]
+    sizes[space.axes[0]] = int(keep[space.ids].sum())
+    _set_input(node, 3, sizes, names)
+
+
+_FIXUPS = {"depthwise": _fix_depthwise, "split": _fix_split, "slice": _fix_slice, "reshape": _fix_reshape,
+           "resize": _fix_resize}
+
+
+def _insert_maps(model: Model, cg: ChannelGraph, keep: np.ndarray, names: set[str]) -> list:
+    """A selection map in front of every Add input whose kept channels differ from the Add's."""
+    maps = []
+    for al in cg.alignments:
+        src_space = cg.spaces[al.source]
+        dst_space = cg.spaces[al.node.outputs[0].name]
+        src = np.flatnonzero(keep[src_space.ids])
+        dst = np.flatnonzero(keep[dst_space.ids])
+        if np.array_equal(src, dst):
+            continue
+        P = (dst[:, None] == src[None, :]).astype(np.float32)  # the plain selection; zero where dst lacks src
+        axis = src_space.axes[0]
+        x = al.node.inputs[al.input]
+        y = gs.Variable(unique_name(f"{al.source}_aligned", names), dtype=x.dtype)
+        base = unique_name(f"{node_label(al.node)}_align{al.input}", names)
+        if axis == 1:
+            w = gs.Constant(f"{base}.weight", P.reshape(P.shape + (1, 1)))
+            b = gs.Constant(f"{base}.bias", np.zeros(len(dst), np.float32))
+            node = gs.Node("Conv", base, inputs=[x, w, b], outputs=[y], attrs={"kernel_shape": [1, 1]})
+        else:
+            mm = gs.Variable(unique_name(f"{base}_mm", names), dtype=x.dtype)
+            w = gs.Constant(f"{base}.weight", np.ascontiguousarray(P.T))
+            b = gs.Constant(f"{base}.bias", np.zeros(len(dst), np.float32))
+            node = gs.Node("MatMul", base, inputs=[x, w], outputs=[mm])
+            model.graph.nodes.append(gs.Node("Add", f"{base}_bias", inputs=[mm, b], outputs=[y]))
+        names.update({w.name, b.name})
+        model.graph.nodes.append(node)
+        al.node.inputs[al.input] = y
+        maps.append((node, al.source, src, dst))
+    if maps:
+        model.graph.toposort()
+    return maps
+
+
+def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int], maps: list,
+            ctx: PassContext, damp: float) -> dict[str, float]:
+    """Least-squares repair in graph order: inserted maps and every consumer whose input lost channels."""
+    keep = cg.keep_mask(removed)
+    changed_in: dict[str, tuple] = {}
+    for s in cg.slots:
+        if s.kind == "in" and s.input == 1 and not keep[s.ids].all():
+            changed_in[node_label(s.node)] = None
+    rows_cols: dict[str, dict] = {}
+    for s in cg.slots:
+        if s.input != 1 or s.kind not in ("in", "out"):
+            continue
+        ids = s.ids
+        idx = np.flatnonzero(keep[ids])
+        if s.node.op == "Conv" and int(s.node.attrs.get("group", 1)) != 1:
+            continue
+        entry = rows_cols.setdefault(node_label(s.node), {})
+        entry["cols" if s.kind == "in" else "rows"] = idx
+    map_nodes = {id(m[0]): m for m in maps}
+    order = [n for n in model.graph.nodes if id(n) in map_nodes or node_label(n) in changed_in]
+    errors: dict[str, float] = {}
+    progress = Progress(None, "repair", ctx.progress, total=len(order))
+    for node in order:
+        if id(node) in map_nodes:
+            _, source, src, dst = map_nodes[id(node)]
+            P, b = fit_channel_map(model, reference, source, src, dst, ctx.calibration, damp)
+            w = node.inputs[1]
+            shape = w.values.shape
+            w.values = (P.reshape(shape) if node.op == "Conv" else P.T).astype(np.float32)
+            bias = node.inputs[2] if node.op == "Conv" else node.outputs[0].outputs[0].inputs[1]
+            bias.values = b.astype(np.float32)
+        else:
+            rc = rows_cols.get(node_label(node), {})
+            out = refit_layer(model, reference, node.name, rc.get("rows"), rc.get("cols"), ctx.calibration, damp)
+            if out is not None:
+                errors[node_label(node)] = out[1]
+        progress.update()
+    progress.close()
+    return errors
+
+
+__all__ = ["FilterPruneConfig", "PruneFilters", "apply_removal"]

@@ -1,0 +1,148 @@
+"""Channel-group analysis: index bookkeeping proved against zeroed channels on every architecture builder, locks
+with their reasons, and the cases where a group must not be prunable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from click.testing import CliRunner
+from onnxcomp.passes.prune_filters import apply_removal
+
+from models import builders, paths
+from onnxcomp.channel_groups import analyze
+from onnxcomp.cli import cli
+from onnxcomp.cost import tensor_shapes
+from onnxcomp.model import Model
+from onnxcomp.weights import constant_value
+from tests.conftest import rel_err, run_ort
+
+
+def _half_of_every_group(cg, seed: int = 0) -> set[int]:
+    rng = np.random.default_rng(seed)
+    removed: set[int] = set()
+    for g in cg.groups:
+        free = [a for a in g.atoms if a not in cg.locked]
+        if g.locked is None and len(free) > 1:
+            removed.update(rng.choice(free, size=min(len(free) - 1, g.size // 2), replace=False).tolist())
+    return removed
+
+
+def _zeroed(model: Model, cg, removed: set[int]) -> None:
+    """The original graph with the removed channels' contributions zeroed: every consumer column reading them."""
+    keep = cg.keep_mask(removed)
+    for s in cg.slots:
+        if s.kind != "in":
+            continue
+        value = constant_value(s.node.inputs[s.input]).copy()
+        index = [slice(None)] * value.ndim
+        index[s.axis] = ~keep[s.ids]
+        value[tuple(index)] = 0
+        s.node.inputs[s.input] = gs.Constant(s.node.inputs[s.input].name + "_zeroed", value)
+
+
+@pytest.mark.parametrize("name", sorted(builders.BUILDERS))
+def test_pruned_builder_equals_the_zeroed_original(name: str) -> None:
+    proto = builders.build(name, **builders.small_kwargs(name))
+    feed = builders.default_feed(proto, batch=2)
+    reference, pruned = Model.load(proto), Model.load(proto)
+    cg_ref = analyze(reference, "strict", tensor_shapes(reference))
+    cg = analyze(pruned, "strict", tensor_shapes(pruned))
+    removed = _half_of_every_group(cg)
+    assert removed and len(cg.groups) == len(cg_ref.groups)
+    _zeroed(reference, cg_ref, removed)
+    apply_removal(pruned, cg, removed)
+    out = pruned.to_proto()
+    onnx.checker.check_model(out, full_check=True)
+    before, after = builders.count_parameters(proto), builders.count_parameters(out)
+    assert after < (0.7 if name != "transformer_block" else 0.8) * before  # physically smaller
+    for a, b in zip(run_ort(reference.to_proto(), feed), run_ort(out, feed)):
+        assert a.shape == b.shape
+        assert rel_err(a, b) < 1e-5
+
+
+def test_residual_stream_is_one_group_with_its_members() -> None:
+    model = Model.load(paths.model_path("mnist_rescnn"))
+    cg = analyze(model, "strict", tensor_shapes(model))
+    stream = cg.group_of_layer("/block1/conv2/Conv")
+    assert stream is not None and stream.locked is None and stream.size == 16
+    assert {"/stem/stem.0/Conv", "/block1/conv2/Conv"} <= set(stream.sources)  # stem and branch tied by the Add
+    assert "/block2/shortcut/shortcut.0/Conv (in)" in stream.members
+    head = cg.group_of_layer("/fc/Gemm")
+    assert head.locked == "graph output 'logits'"
+
+
+def test_independent_alignment_unties_identity_shortcuts() -> None:
+    model = Model.load(paths.model_path("mnist_rescnn"))
+    shapes = tensor_shapes(model)
+    strict, independent = analyze(model, "strict", shapes), analyze(model, "independent", shapes)
+    assert not strict.alignments
+    assert len(independent.alignments) == 2  # block1 and block3 have identity shortcuts
+    assert len(independent.groups) > len(strict.groups)
+
+
+def _groups(middle: list[onnx.NodeProto], out_channels: int = 8, **weights: np.ndarray) -> list:
+    """x -> Conv(8) -> h -> middle -> r -> Conv(out_channels) -> y, with random weights."""
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.standard_normal((8, 4, 1, 1)), "w2": rng.standard_normal((out_channels, 8, 1, 1)),
+             **weights}
+    nodes = [onnx.helper.make_node("Conv", ["x", "w1"], ["h"], kernel_shape=[1, 1]), *middle,
+             onnx.helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[1, 1])]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, out_channels, 8, 8])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                         onnx.helper.make_opsetid("custom", 1)])
+    proto.ir_version = 8
+    model = Model.load(proto)
+    custom = {n.output[0] for n in middle if n.domain == "custom"}  # what a custom op returns is not inferred
+    shapes = {name: (1, 8, 8, 8) for name in custom}
+    return analyze(model, "strict", tensor_shapes(model, shapes=shapes)).groups
+
+
+_node = onnx.helper.make_node
+
+
+@pytest.mark.parametrize("middle, weights, reason", [
+    ([_node("Mystery", ["h"], ["r"], domain="custom")], {}, "custom op custom.Mystery"),
+    ([_node("Conv", ["h", "w3"], ["r"], kernel_shape=[1, 1], group=2)],
+     {"w3": np.ones((8, 4, 1, 1))}, "grouped convolution (group=2)"),
+    ([_node("Softmax", ["h"], ["r"], axis=1)], {}, "normalizes over the channel axis"),
+    ([_node("LRN", ["h"], ["r"], size=3)], {}, "unsupported op LRN"),
+    ([_node("Sigmoid", ["h"], ["s"]), _node("Mystery", ["x"], ["h2"], domain="custom"),
+      _node("Mul", ["s", "h2"], ["r"])], {}, "input 'h2' has channels that are not tracked"),
+])
+def test_unknown_or_coupling_ops_lock_the_group(middle, weights, reason) -> None:
+    groups = _groups(middle, **weights)
+    hidden = next(g for g in groups if "h" in g.tensors)
+    assert hidden.locked is not None and reason in hidden.locked
+
+
+def test_a_plain_chain_is_prunable_and_the_output_is_not() -> None:
+    groups = _groups([_node("Relu", ["h"], ["r"])])
+    assert next(g for g in groups if "h" in g.tensors).locked is None
+    assert next(g for g in groups if "y" in g.tensors).locked == "graph output 'y'"
+    assert next(g for g in groups if "x" in g.tensors).locked == "graph input 'x'"
+
+
+def test_flatten_maps_a_channel_to_its_feature_block() -> None:
+    model = Model.load(paths.model_path("mnist_vgg"))
+    cg = analyze(model, "strict", tensor_shapes(model))
+    gemm_in = next(s for s in cg.slots if s.node.op == "Gemm" and s.kind == "in")
+    atoms = cg.atoms(gemm_in.ids)
+    assert atoms.size == 3136 and len(set(atoms.tolist())) == 64  # 64 channels x 7 x 7 features
+    assert len(set(atoms[:49].tolist())) == 1
+
+
+def test_inspect_groups_cli() -> None:
+    runner = CliRunner()
+    out = runner.invoke(cli, ["inspect", "--groups", str(paths.model_path("mnist_rescnn"))])
+    assert out.exit_code == 0, out.output
+    assert "5 prunable" in out.output and "locked: graph output 'logits'" in out.output
+    as_json = runner.invoke(cli, ["inspect", "--groups", "--json", str(paths.model_path("digits_concat"))])
+    rows = json.loads(as_json.output)
+    assert any(r["locked"] is None and r["channels"] > 1 for r in rows)
