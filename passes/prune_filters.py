@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.bench import bench_feed, benchmark
+from onnxcomp.bench import benchmark
 from onnxcomp.channel_groups import ChannelGraph, analyze
 from onnxcomp.channel_importance import CRITERIA, importance
 from onnxcomp.cost import HEAVY_OPS, node_costs, tensor_shapes, total_macs
@@ -126,8 +126,10 @@ class PruneFilters(Pass):
         for g in free:
             gone = sum(1 for a in g.atoms if a in removed)
             result.records.append({"layer": ", ".join(g.sources), "channels": before[g.index],
-                                   "kept": before[g.index] - gone, "criterion": cfg.criterion,
-                                   **({"output_error": errors.get(g.sources[0])} if cfg.repair else {})})
+                                   "kept": before[g.index] - gone, "criterion": cfg.criterion})
+        for layer, (err_before, err_after) in errors.items():
+            result.records.append({"layer": layer, "repaired": True, "output_error_before": err_before,
+                                   "output_error": err_after})
         result.summary = (f"{len(removed)} of {sum(g.size for g in free)} prunable channels removed in "
                           f"{sum(1 for g in free if any(a in removed for a in g.atoms))} groups; MACs "
                           f"{macs_before:,} -> {macs_after:,} ({1 - macs_after / max(macs_before, 1):.1%} fewer)"
@@ -153,48 +155,45 @@ class _Planner:
 
     def __init__(self, cg: ChannelGraph, scores: dict[int, float], cfg: FilterPruneConfig):
         self.cfg = cfg
-        self.groups = []
+        self.scores = scores
+        self.groups = []  # (group, its free atoms least important first, its layer_ratio override)
         for g in cg.groups:
             if g.locked is not None:
                 continue
-            free = [a for a in g.atoms if a not in cg.locked]
-            ranked = sorted(free, key=lambda a: (scores.get(a, 0.0), a))
+            ranked = sorted((a for a in g.atoms if a not in cg.locked), key=lambda a: (scores.get(a, 0.0), a))
             override = next((v for p, v in cfg.layer_ratio.items()
                              if any(fnmatch.fnmatchcase(s, p) for s in g.sources)), None)
-            self.groups.append((g, ranked, override, scores))
+            self.groups.append((g, ranked, override))
 
-    def _count(self, g, ranked, ratio: float) -> int:
-        """Atoms to remove so that the kept count is a multiple of ``round_to`` (rounded up) and > 0."""
-        n, fixed = g.size, g.size - len(ranked)
-        keep = max(n - int(np.floor(ratio * n + 1e-9)), 1)
+    def _count(self, g, ranked: list[int], ratio: float) -> int:
+        """Atoms of ``g`` to remove at ``ratio``: the kept count rounded up to a multiple of ``round_to``, and at
+        least one channel kept."""
         step = self.cfg.round_to
-        keep = min(-(-keep // step) * step, n)
-        return max(0, min(n - keep, len(ranked) - (0 if fixed else 1)))
+        keep = max(g.size - int(np.floor(ratio * g.size + 1e-9)), 1)
+        keep = min(-(-keep // step) * step, g.size)
+        return max(0, min(g.size - keep, len(ranked)))
 
     def removed(self, ratio: float) -> set[int]:
         out: set[int] = set()
-        if self.cfg.scope == "layer" or self.cfg.layer_ratio:
-            for g, ranked, override, _ in self.groups:
-                if self.cfg.scope == "global" and override is None:
-                    continue
+        pooled = []
+        for g, ranked, override in self.groups:
+            if override is not None or self.cfg.scope == "layer":
                 out.update(ranked[:self._count(g, ranked, ratio if override is None else override)])
-            if self.cfg.scope == "layer":
-                return out
-        pool = [(scores.get(a, 0.0), a, gi) for gi, (g, ranked, override, scores) in enumerate(self.groups)
-                if override is None for a in ranked]
-        budget = int(np.floor(ratio * len(pool) + 1e-9))
-        cap = {gi: self._count(g, ranked, self.cfg.max_ratio) for gi, (g, ranked, _, _) in enumerate(self.groups)}
-        taken: dict[int, list[int]] = {}
-        for _, a, gi in sorted(pool)[:]:
-            if budget <= 0:
-                break
-            if len(taken.setdefault(gi, [])) < cap[gi]:
-                taken[gi].append(a)
-                budget -= 1
-        for gi, atoms in taken.items():  # round each group's kept count up to the multiple
-            g, ranked, _, _ = self.groups[gi]
-            k = self._count(g, ranked, len(atoms) / g.size)
-            out.update(ranked[:k] if ranked[:k] else [])
+            else:
+                pooled.append((g, ranked))
+        if pooled:  # global: the least important atoms of all groups, each group capped at max_ratio
+            pool = sorted((self.scores.get(a, 0.0), a, i) for i, (_, ranked) in enumerate(pooled) for a in ranked)
+            budget = int(np.floor(ratio * len(pool) + 1e-9))
+            caps = [self._count(g, ranked, self.cfg.max_ratio) for g, ranked in pooled]
+            taken = [0] * len(pooled)
+            for _, _, i in pool:
+                if budget == 0:
+                    break
+                if taken[i] < caps[i]:
+                    taken[i] += 1
+                    budget -= 1
+            for (g, ranked), n in zip(pooled, taken):
+                out.update(ranked[:self._count(g, ranked, n / g.size)])
         return out
 
     def search(self, measure, goal: float) -> set[int]:
@@ -242,11 +241,11 @@ def _speedup(model: Model, removed: set[int], ctx: PassContext, cfg: FilterPrune
         a, b = Path(tmp, "a.onnx"), Path(tmp, "b.onnx")
         model.save(a)
         candidate.save(b)
-        feed = next(iter(ctx.calibration)) if ctx.calibration is not None else None
-        if feed is not None:
-            feed = {k: v[:1] for k, v in feed.items()}
+        if ctx.calibration is not None:
+            feed = {k: v[:1] for k, v in next(iter(ctx.calibration)).items()}
         else:
-            feed = bench_feed(str(a))
+            rng = np.random.default_rng(ctx.seed)
+            feed = {t.name: rng.standard_normal(shapes[t.name]).astype(np.float32) for t in model.graph.inputs}
         rows = benchmark([str(a), str(b)], feed, rounds=15, warmup=2)
     return rows[1].speedup
 
@@ -382,7 +381,7 @@ def _insert_maps(model: Model, cg: ChannelGraph, keep: np.ndarray, names: set[st
 
 
 def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int], maps: list,
-            ctx: PassContext, damp: float) -> dict[str, float]:
+            ctx: PassContext, damp: float) -> dict[str, tuple[float, float]]:
     """Least-squares repair in graph order: inserted maps and every consumer whose input lost channels."""
     keep = cg.keep_mask(removed)
     changed_in: dict[str, tuple] = {}
@@ -401,7 +400,7 @@ def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int],
         entry["cols" if s.kind == "in" else "rows"] = idx
     map_nodes = {id(m[0]): m for m in maps}
     order = [n for n in model.graph.nodes if id(n) in map_nodes or node_label(n) in changed_in]
-    errors: dict[str, float] = {}
+    errors: dict[str, tuple[float, float]] = {}  # layer -> relative output error before / after its repair
     progress = Progress(None, "repair", ctx.progress, total=len(order))
     for node in order:
         if id(node) in map_nodes:
@@ -416,7 +415,7 @@ def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int],
             rc = rows_cols.get(node_label(node), {})
             out = refit_layer(model, reference, node.name, rc.get("rows"), rc.get("cols"), ctx.calibration, damp)
             if out is not None:
-                errors[node_label(node)] = out[1]
+                errors[node_label(node)] = out
         progress.update()
     progress.close()
     return errors

@@ -106,3 +106,17 @@ def test_recipes_chain() -> None:
     names = [s.name for s in chained.steps]
     assert names.index("prune_filters") < names.index("quantize_activations")
     assert chained.holdout == max(load_recipe("slim").holdout, load_recipe("int8").holdout)
+
+
+def test_global_scope_and_layer_ratio() -> None:
+    """Global ranking removes the requested share of all prunable channels, unevenly across groups; a
+    layer_ratio glob overrides its group."""
+    result = _slim(RESCNN, repair=False, criterion="l1", target="ratio", ratio=0.4, scope="global",
+                   layer_ratio={"/block3/conv1/*": 0.5})
+    rows = [r for r in result.report.passes[0].records if "kept" in r]
+    block3 = next(r for r in rows if r["layer"] == "/block3/conv1/Conv")
+    assert block3["kept"] == 16
+    others = [r for r in rows if r is not block3]
+    removed = sum(r["channels"] - r["kept"] for r in others)
+    assert abs(removed - 0.4 * sum(r["channels"] for r in others)) <= 1
+    assert len({round(r["kept"] / r["channels"], 2) for r in others}) > 1
