@@ -130,6 +130,7 @@ class ChannelGraph:
         self.shapes: dict[str, tuple[int, ...]] = {}  # the concrete shapes (batch 1) the analysis used
         self._parent: list[int] = []
         self._lock: dict[int, str] = {}
+        self._roots: np.ndarray | None = None  # atom of every element, once the unions are done
 
     # -- union-find over elements -------------------------------------------------------------------------
     def new(self, shape) -> np.ndarray:
@@ -173,8 +174,9 @@ class ChannelGraph:
     # -- queries used by the pruning pass ---------------------------------------------------------------
     def keep_mask(self, removed: set[int]) -> np.ndarray:
         """Per element: kept (True) unless its atom is in ``removed``."""
-        roots = self.atoms(np.arange(self.num_elements))
-        return ~np.isin(roots, np.fromiter(removed, np.int64, len(removed)))
+        if self._roots is None or self._roots.size != self.num_elements:
+            self._roots = self.atoms(np.arange(self.num_elements))
+        return ~np.isin(self._roots, np.fromiter(removed, np.int64, len(removed)))
 
     def group_of_layer(self, layer: str) -> ChannelGroup | None:
         return next((g for g in self.groups if layer in g.sources), None)

@@ -68,15 +68,17 @@ def _aggregate(cg: ChannelGraph, scored: list[tuple[Slot, np.ndarray]]) -> dict[
     return {a: total[a] / count[a] for a in total}
 
 
-def _positions(slot: Slot) -> np.ndarray:
+def _positions(slot: Slot, dtype=np.float64) -> np.ndarray:
     """The slot's constant as (positions, rest)."""
-    w = constant_value(slot.node.inputs[slot.input]).astype(np.float64)
+    w = constant_value(slot.node.inputs[slot.input]).astype(dtype, copy=False)
     return np.moveaxis(w, slot.axis, 0).reshape(w.shape[slot.axis], -1)
 
 
 def _norms(slot: Slot, kind: str) -> np.ndarray:
-    rows = _positions(slot)
-    return np.abs(rows).sum(axis=1) if kind == "l1" else np.sqrt((rows ** 2).sum(axis=1))
+    rows = _positions(slot, np.float32)  # float64 sums without a float64 copy of a VGG-sized Gemm
+    if kind == "l1":
+        return np.abs(rows).sum(axis=1, dtype=np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
 
 
 def _fpgm(slot: Slot) -> np.ndarray:

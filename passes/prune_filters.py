@@ -108,7 +108,7 @@ class PruneFilters(Pass):
             removed = planner.removed(cfg.ratio)
         elif cfg.target == "flops":
             removed = planner.search(lambda r: 1.0 - _macs_after(cg, r, costs) / max(sum(costs.values()), 1),
-                                     cfg.flops)
+                                     cfg.flops, refine=True)
         else:
             removed = planner.search(lambda r: _speedup(model, r, ctx, cfg, shapes), cfg.speedup)
         if not removed:
@@ -196,8 +196,12 @@ class _Planner:
                 out.update(ranked[:self._count(g, ranked, n / g.size)])
         return out
 
-    def search(self, measure, goal: float) -> set[int]:
-        """The smallest ratio whose removal reaches ``measure >= goal`` (bisection; the largest tried if none)."""
+    def search(self, measure, goal: float, refine: bool = False) -> set[int]:
+        """The smallest ratio whose removal reaches ``measure >= goal`` (bisection; the largest tried if none).
+
+        With ``refine`` (a cheap ``measure``), channels are then given back, ``round_to`` at a time and the most
+        important first, while the goal still holds: with coarse rounding (16 channels in steps of 8) one common
+        ratio overshoots the target, and the give-back spends the slack on the channels that matter most."""
         lo, hi = 0.0, self.cfg.max_ratio
         best = self.removed(hi)
         if measure(best) < goal:
@@ -209,7 +213,28 @@ class _Planner:
                 hi, best = mid, cand
             else:
                 lo = mid
-        return best
+        return self._give_back(best, measure, goal) if refine else best
+
+    def _give_back(self, removed: set[int], measure, goal: float) -> set[int]:
+        step = self.cfg.round_to
+        chunks = []  # (importance, atoms): the removed atoms of each group, most important first, step at a time
+        for g, ranked, override in self.groups:
+            if override is not None:
+                continue
+            gone = [a for a in reversed(ranked) if a in removed]
+            for i in range(0, len(gone) - len(gone) % step, step):
+                chunk = gone[i:i + step]
+                chunks.append((float(np.mean([self.scores.get(a, 0.0) for a in chunk])), g.index, chunk))
+        skip: set[int] = set()  # groups whose next chunk did not fit: later chunks of theirs are less important
+        for _, gi, chunk in sorted(chunks, key=lambda c: -c[0]):
+            if gi in skip:
+                continue
+            trial = removed - set(chunk)
+            if measure(trial) >= goal:
+                removed = trial
+            else:
+                skip.add(gi)
+        return removed
 
 
 def _macs_after(cg: ChannelGraph, removed: set[int], costs: dict[str, int]) -> int:

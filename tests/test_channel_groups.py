@@ -146,3 +146,26 @@ def test_inspect_groups_cli() -> None:
     as_json = runner.invoke(cli, ["inspect", "--groups", "--json", str(paths.model_path("digits_concat"))])
     rows = json.loads(as_json.output)
     assert any(r["locked"] is None and r["channels"] > 1 for r in rows)
+
+
+@pytest.mark.parametrize("kind, shape", [("cls", (2, 3, 48, 192)), ("det", (1, 3, 96, 96))])
+def test_paddle_exports_prune_equal_to_zeroed(kind: str, shape: tuple[int, ...]) -> None:
+    """Real models nobody here wrote: PP-OCRv4 (Paddle export, weights in Constant nodes, free H/W, SE blocks,
+    HardSwish, upsampling FPN in det)."""
+    from models import ppocr
+    from onnxcomp.passes.fold_constants import FoldConstants
+    from onnxcomp.pipeline import PassContext
+
+    reference, pruned = (Model.load(ppocr.model_paths()[kind]) for _ in range(2))
+    name = reference.graph.inputs[0].name
+    given = {name: (1, *shape[1:])}
+    graphs = []
+    for model in (reference, pruned):
+        FoldConstants().run(model, PassContext())
+        graphs.append(analyze(model, "strict", tensor_shapes(model, shapes=given)))
+    removed = _half_of_every_group(graphs[1])
+    assert len(removed) > 300
+    _zeroed(reference, graphs[0], removed)
+    apply_removal(pruned, graphs[1], removed)
+    feed = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    assert rel_err(run_ort(reference.to_proto(), feed)[0], run_ort(pruned.to_proto(), feed)[0]) < 1e-3
