@@ -313,6 +313,8 @@ def run_model(key: str, tmp: Path, args: argparse.Namespace) -> list[Row]:
     print(f"  [{key}] prepared in {time.perf_counter() - start:.0f} s; calibration {seen} samples, held-out "
           f"{len(case.test[case.input_name])}", file=sys.stderr, flush=True)
     for label, kind, options, drop in variants(args.quick):
+        if args.rows and not any(part in label for part in args.rows.split(",")):
+            continue
         out = tmp / f"{key}.{label.replace(' ', '_').replace('*', '').replace('(', '').replace(')', '')}.onnx"
         row = Row(key, label, out)
         start = time.perf_counter()
@@ -431,6 +433,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for the latency runs")
     parser.add_argument("--rounds", type=int, default=None, help="latency rounds (default 30, quick 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", default="", help="only rows whose label contains one of these (comma-separated), "
+                                                   "e.g. 'mixed,uniform'")
     args = parser.parse_args()
     args.rounds = args.rounds or (10 if args.quick else 30)
     unknown = sorted(set(args.models.split(",")) - set(MODELS))

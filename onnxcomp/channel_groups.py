@@ -314,6 +314,8 @@ def _unary(a: _Analyzer, node: gs.Node) -> str | None:
         pads = constant_value(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("pads", []))
         if pads is None:
             return "non-constant pads"
+        if len(node.inputs) > 3 and node.inputs[3].name:
+            return "pads given per axis (axes input)"
         rank = len(pads) // 2
         if any(pads[i] != 0 or pads[i + rank] != 0 for i in space.axes):
             return "pads the channel axis"

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxcomp.bit_allocation import Option, allocation_path, cheapest_feasible, lower_hull, within_budget
+from onnxcomp.bit_allocation import Option, allocation_path, best_within_budget, cheapest_feasible, lower_hull
 
 
 def test_lower_hull_drops_dominated_and_concave_points() -> None:
@@ -51,10 +51,31 @@ def test_cheapest_feasible_bisects() -> None:
     assert cheapest_feasible(path, lambda p: True) == 99
 
 
-def test_within_budget() -> None:
-    path = [[8, 8], [6, 8], [6, 6], [4, 6]]
-    assert within_budget(path, lambda p: sum(p) / 2, 6.5) == 2
-    assert within_budget(path, lambda p: sum(p) / 2, 2.0) is None
+def _brute_force(layers, weights, budget):
+    best = None
+    for alloc in itertools.product(*[[o for o in opts] for opts in layers]):
+        mean = sum(w * o.bits for w, o in zip(weights, alloc)) / sum(weights)
+        err = sum(o.error for o in alloc)
+        if mean <= budget + 1e-12 and (best is None or err < best[0] - 1e-12):
+            best = (err, [o.bits for o in alloc])
+    return best
+
+
+def test_best_within_budget_is_the_exact_knapsack() -> None:
+    """LeNet-300-like sizes (one layer 88% of the weights): the exact solution spends the budget that cutting the
+    Lagrangian path leaves unused, and matches brute force."""
+    rng = np.random.default_rng(0)
+    weights = [235200.0, 30000.0, 1000.0]
+    layers = []
+    for scale in (1.0, 3.0, 10.0):
+        errs = np.sort(rng.uniform(0.1, 1.0, 6))[::-1] * scale * 2.0 ** -np.arange(6)
+        layers.append([Option(b, 0.0, float(e)) for b, e in zip((2, 3, 4, 5, 6, 8), errs)])
+    for budget in (2.5, 3.3, 4.0, 5.7):
+        alloc = best_within_budget(layers, weights, budget)
+        err, _ = _brute_force(layers, weights, budget)
+        got = sum(next(o.error for o in opts if o.bits == b) for opts, b in zip(layers, alloc))
+        assert got <= err + 1e-9 * max(err, 1.0) and np.dot(weights, alloc) / sum(weights) <= budget + 1e-9
+    assert best_within_budget(layers, weights, 1.5) is None
 
 
 def test_a_layer_without_options_is_an_error() -> None:
