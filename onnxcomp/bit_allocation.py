@@ -56,7 +56,7 @@ class WidthConfig:
     choices: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # bits: auto: the widths a layer may get
     metric: Metric = "auto"  # bits: auto: the fidelity bound's metric (onnxcomp.evaluator)
     max_drop: float = 0.005  # bits: auto: the largest drop of the metric the pass may cause
-    budget: float | None = None  # bits: auto: instead of the bound, a mean width (bits per weight)
+    budget: float | None = None  # bits: auto: instead of the bound, the bytes uniform storage at this width takes
 
     def check_widths(self, unit: str = "") -> None:
         """Raise ValueError naming the first invalid width option (``unit`` explains what a width means)."""
@@ -169,31 +169,28 @@ def cheapest_feasible(path: Sequence[Sequence[int]], feasible: Callable[[Sequenc
     return lo
 
 
-def best_within_budget(layers: Sequence[Sequence[Option]], weights: Sequence[float], budget: float,
+def best_within_budget(layers: Sequence[Sequence[Option]], capacity: float,
                        resolution: int = 4096) -> list[int] | None:
-    """The allocation of least total error whose weighted mean width (``sum w_l * bits_l / sum w_l``) is at most
-    ``budget``: the multiple-choice knapsack solved exactly by dynamic programming over the width budget, in
-    ``resolution`` steps (each layer's cost rounded up, so the result never exceeds the budget). None when even
-    the narrowest choices do not fit.
+    """The allocation of least total error whose bytes (``sum nbytes``) are at most ``capacity``: the
+    multiple-choice knapsack solved exactly by dynamic programming over the budget, in ``resolution`` steps (each
+    option's bytes rounded up, so the result never exceeds the budget). None when even the cheapest options do
+    not fit.
 
     The Lagrangian path (:func:`allocation_path`) only visits hull points, and with few layers of very different
     sizes its first point under a budget can fall far below it (LeNet-300: 3.12 bits under a 4-bit budget); the
     exact solution spends the whole budget.
     """
-    w = np.asarray(weights, dtype=np.float64)
-    total = float(w.sum())
-    if total <= 0:
+    if capacity <= 0:
         return None
-    capacity = budget * total
     unit = capacity / resolution
     inf = float("inf")
-    best = np.zeros(resolution + 1)  # least error of the layers so far with cost <= c units
+    best = np.zeros(resolution + 1)  # least error of the layers so far within c units
     picks = []
-    for wl, opts in zip(w, layers):
-        costs = [int(np.ceil(wl * o.bits / unit - 1e-9)) for o in opts]
+    for opts in layers:
         nxt = np.full(resolution + 1, inf)
         choice = np.full(resolution + 1, -1, dtype=np.int16)
-        for k, (o, c) in enumerate(zip(opts, costs)):
+        for k, o in enumerate(opts):
+            c = int(np.ceil(o.nbytes / unit - 1e-9))
             if c > resolution:
                 continue
             cand = np.full(resolution + 1, inf)
@@ -205,11 +202,22 @@ def best_within_budget(layers: Sequence[Sequence[Option]], weights: Sequence[flo
     if not np.isfinite(best[-1]):
         return None
     alloc, c = [], resolution
-    for opts, choice, wl in zip(reversed(layers), reversed(picks), reversed(w)):
-        k = int(choice[c])
-        alloc.append(opts[k].bits)
-        c -= int(np.ceil(wl * opts[k].bits / unit - 1e-9))
+    for opts, choice in zip(reversed(layers), reversed(picks)):
+        o = opts[int(choice[c])]
+        alloc.append(o.bits)
+        c -= int(np.ceil(o.nbytes / unit - 1e-9))
     return alloc[::-1]
+
+
+def budget_bytes(layers: Sequence[Sequence[Option]], budget: float) -> float:
+    """The bytes every layer takes at the mean width ``budget``: its option at that width, interpolated between
+    the nearest widths it offers (so ``budget: 4`` is "as many bytes as uniform 4 bits")."""
+    total = 0.0
+    for opts in layers:
+        by_bits = sorted((o.bits, o.nbytes) for o in opts)
+        bits = [b for b, _ in by_bits]
+        total += float(np.interp(budget, bits, [n for _, n in by_bits]))
+    return total
 
 
 def search_widths(
@@ -228,8 +236,9 @@ def search_widths(
     Each layer is priced at every width by ``candidate``; its error there is its relative output error (input
     Hessian, else relative squared weight error) times its sensitivity, the model-output distortion
     (:meth:`WeightEvaluator.distortion`) when that layer alone takes the narrowest width. Then either the least
-    total error within the mean width ``budget`` (weighted by nonzero weights; :func:`best_within_budget`) or the
-    path of :func:`allocation_path` bisected for the fewest bytes whose ``bound`` holds on the calibration data.
+    total error within the bytes that the mean width ``budget`` takes (:func:`budget_bytes`,
+    :func:`best_within_budget`) or the path of :func:`allocation_path` bisected for the fewest bytes whose
+    ``bound`` holds on the calibration data.
     Weights the evaluator cannot feed (held in Constant nodes or subgraphs) get the widest choice, recorded in
     ``result.skipped``. ``hessians`` (the unmodified model's, keyed by weight name) saves collecting them again
     when the pass already has them.
@@ -275,14 +284,18 @@ def search_widths(
     def measured(alloc: Sequence[int]) -> float:
         return evaluator.distortion({w.name: candidates[(w.name, b)] for (w, _), b in zip(searchable, alloc)})
 
+    def stored(alloc: Sequence[int]) -> float:
+        return sum(next(o.nbytes for o in opts if o.bits == b) for opts, b in zip(options, alloc))
+
     if budget is not None:
-        alloc = best_within_budget(options, counts, budget)
+        capacity = budget_bytes(options, budget)
+        alloc = best_within_budget(options, capacity)
         if alloc is None:
             alloc = [choices[0]] * len(searchable)
             result.skipped.append(("widths", f"budget {budget:g} bits is below the narrowest choice"))
         else:
-            alloc = _refine_measured(alloc, options, mean_bits, budget, measured, choices)
-        goal = f"budget {budget:g} bits"
+            alloc = _refine_measured(alloc, options, stored, capacity, measured, choices)
+        goal = f"budget: the bytes of {budget:g} bits"
     else:
         path = allocation_path(options)
         at = cheapest_feasible(path, feasible)
@@ -300,14 +313,15 @@ def search_widths(
 def _refine_measured(alloc: list[int], options: Sequence[Sequence[Option]], cost: Callable[[Sequence[int]], float],
                      budget: float, measured: Callable[[Sequence[int]], float], choices: Sequence[int],
                      max_evals: int = 12) -> list[int]:
-    """Check the proxy's choice on the model itself: the uniform width that fits the budget, and single swaps
+    """Check the proxy's choice on the model itself: the widest uniform width within the budget (``cost`` of an
+    allocation <= ``budget``), and single swaps
     (one layer a step wider, another a step narrower) in order of proxy error, are measured on calibration data
     (model-output distortion); the best measured allocation wins. The per-layer proxy errors are additive only
     approximately (LeNet-300: the proxy prefers 3 bits on the 88%-of-weights layer; measured, the swap is worse)."""
     def proxy(a: Sequence[int]) -> float:
         return sum(next(o.error for o in opts if o.bits == b) for opts, b in zip(options, a))
 
-    fits = [c for c in choices if c <= budget + 1e-9]
+    fits = [c for c in choices if cost([c] * len(alloc)) <= budget + 1e-9]
     trials = [[fits[-1]] * len(alloc)] if fits else []
     steps = {i: sorted(o.bits for o in opts) for i, opts in enumerate(options)}
     swaps = []

@@ -7,7 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxcomp.bit_allocation import Option, allocation_path, best_within_budget, cheapest_feasible, lower_hull
+from onnxcomp.bit_allocation import (
+    Option,
+    allocation_path,
+    best_within_budget,
+    budget_bytes,
+    cheapest_feasible,
+    lower_hull,
+)
 
 
 def test_lower_hull_drops_dominated_and_concave_points() -> None:
@@ -51,12 +58,11 @@ def test_cheapest_feasible_bisects() -> None:
     assert cheapest_feasible(path, lambda p: True) == 99
 
 
-def _brute_force(layers, weights, budget):
+def _brute_force(layers, capacity):
     best = None
-    for alloc in itertools.product(*[[o for o in opts] for opts in layers]):
-        mean = sum(w * o.bits for w, o in zip(weights, alloc)) / sum(weights)
+    for alloc in itertools.product(*layers):
         err = sum(o.error for o in alloc)
-        if mean <= budget + 1e-12 and (best is None or err < best[0] - 1e-12):
+        if sum(o.nbytes for o in alloc) <= capacity + 1e-9 and (best is None or err < best[0] - 1e-12):
             best = (err, [o.bits for o in alloc])
     return best
 
@@ -65,17 +71,20 @@ def test_best_within_budget_is_the_exact_knapsack() -> None:
     """LeNet-300-like sizes (one layer 88% of the weights): the exact solution spends the budget that cutting the
     Lagrangian path leaves unused, and matches brute force."""
     rng = np.random.default_rng(0)
-    weights = [235200.0, 30000.0, 1000.0]
+    sizes = [235200.0, 30000.0, 1000.0]
     layers = []
-    for scale in (1.0, 3.0, 10.0):
+    for n, scale in zip(sizes, (1.0, 3.0, 10.0)):
         errs = np.sort(rng.uniform(0.1, 1.0, 6))[::-1] * scale * 2.0 ** -np.arange(6)
-        layers.append([Option(b, 0.0, float(e)) for b, e in zip((2, 3, 4, 5, 6, 8), errs)])
+        layers.append([Option(b, n * b / 8 + 64, float(e)) for b, e in zip((2, 3, 4, 5, 6, 8), errs)])
     for budget in (2.5, 3.3, 4.0, 5.7):
-        alloc = best_within_budget(layers, weights, budget)
-        err, _ = _brute_force(layers, weights, budget)
-        got = sum(next(o.error for o in opts if o.bits == b) for opts, b in zip(layers, alloc))
-        assert got <= err + 1e-9 * max(err, 1.0) and np.dot(weights, alloc) / sum(weights) <= budget + 1e-9
-    assert best_within_budget(layers, weights, 1.5) is None
+        capacity = budget_bytes(layers, budget)
+        assert capacity == pytest.approx(sum(n * budget / 8 + 64 for n in sizes))
+        alloc = best_within_budget(layers, capacity)
+        err, _ = _brute_force(layers, capacity)
+        chosen = [next(o for o in opts if o.bits == b) for opts, b in zip(layers, alloc)]
+        assert sum(o.error for o in chosen) <= err * (1 + 1e-9)
+        assert sum(o.nbytes for o in chosen) <= capacity
+    assert best_within_budget(layers, 1000.0) is None
 
 
 def test_a_layer_without_options_is_an_error() -> None:

@@ -152,8 +152,9 @@ def test_inspect_groups_cli() -> None:
 def test_paddle_exports_prune_equal_to_zeroed(kind: str, shape: tuple[int, ...]) -> None:
     """Real models nobody here wrote: PP-OCRv4 (Paddle export, weights in Constant nodes, free H/W, SE blocks,
     HardSwish, upsampling FPN in det)."""
-    from models import ppocr
     from onnxcomp.passes.fold_constants import FoldConstants
+
+    from models import ppocr
     from onnxcomp.pipeline import PassContext
 
     reference, pruned = (Model.load(ppocr.model_paths()[kind]) for _ in range(2))

@@ -578,7 +578,7 @@ def test_mixed_precision_at_a_4_bit_budget_beats_uniform_4_bits() -> None:
     widths = [r["bits"] for r in records]
     sizes = [r["bytes_before"] / 4 for r in records]
     assert len(set(widths)) > 1 and np.average(widths, weights=sizes) <= 4.0
-    assert "bits: auto (budget 4 bits)" in mixed.report.passes[-1].summary
+    assert "bits: auto (budget: the bytes of 4 bits)" in mixed.report.passes[-1].summary
     assert mixed_fid.outputs[0].sqnr_db > uniform_fid.outputs[0].sqnr_db
     assert mixed_fid.accuracy_drop <= 0.01
 
