@@ -78,7 +78,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from tqdm import tqdm
 
 from onnxcomp import qscheme
-from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
+from onnxcomp.bit_allocation import WidthConfig, matches, search_widths
+from onnxcomp.codecs.stack import encoded_nbytes
 from onnxcomp.evaluator import FidelityBound
 from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
 from onnxcomp.hessian import LayerHessian, collect_hessians, supports
@@ -264,7 +265,11 @@ class QuantizeWeights(Pass):
                       _ctx: PassContext) -> tuple[np.ndarray, float]:
             found = self._quantize(_Plan(w, bits, by_name[w.name].axis, array), array.astype(np.float64), h)
             params = found.scale.size * array.itemsize + (0 if found.scheme.symmetric else found.zero_point.size)
-            return found.values, entropy_bytes(found.q - found.q.min()) + params
+            # stored as ONNX integers, or packed by pack_weights when its cheapest stack (Huffman tables and
+            # headers included) is smaller: the real bytes, so that a budget compares like with like
+            elem = qscheme.storage_type(bits, found.scheme.symmetric, model.opset)
+            codes = found.q.astype(np.int8 if found.q.min() < 0 else np.uint8)
+            return found.values, min(_stored_bytes(codes.size, elem), encoded_nbytes(codes)) + params
 
         chosen, summary = search_widths(model, [(p.weight, p.original) for p in plans], ctx, result, cfg.choices,
                                         candidate, FidelityBound(cfg.metric, cfg.max_drop), cfg.budget, hessians)

@@ -306,3 +306,16 @@ def test_version_1_json_blobs_still_decode():
     body = enc.header_json() + b"".join(enc.sections.values())
     old = struct.pack("<4sHHII", b"OCPW", 1, 0, len(enc.header_json()), zlib.crc32(body)) + body
     np.testing.assert_array_equal(decode_weight(from_blob(np.frombuffer(old, np.uint8))), array)
+
+
+def test_encoded_nbytes_is_the_blob_size() -> None:
+    """Passes price widths with encoded_nbytes: it must equal the bytes encode_weight writes, for every stack."""
+    from onnxcomp.codecs.stack import encode_weight, encoded_nbytes, to_blob
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(-7, 8, 5000).astype(np.int8), np.round(rng.standard_normal(3000) * 2).astype(np.int8),
+              rng.standard_normal(2000).astype(np.float32),
+              np.where(rng.random(4000) < 0.8, 0, rng.standard_normal(4000)).astype(np.float32),
+              rng.integers(0, 4, 3000).astype(np.uint8)]
+    for a in arrays:
+        assert encoded_nbytes(a) == len(to_blob(encode_weight(a)))

@@ -92,19 +92,7 @@ class EncodedWeight:
 
     def header_binary(self) -> bytes:
         """The meta of format version 2 (module docstring)."""
-        m = self.meta
-        out = bytearray([_DTYPES.index(self.dtype), _SCHEMES.index(m["scheme"])])
-        out += _varints([len(self.shape), *self.shape])
-        if m["scheme"] == "codebook":
-            out += _varints([m["k"]]) + bytes([_INDEX_CODINGS.index(m["index_coding"])])
-        elif m["scheme"] == "sparse":
-            out += _varints([m["count"], m["k"]]) + bytes([m["gap_bits"], _CODINGS.index(m["gap_coding"])])
-            if m["k"]:
-                out += bytes([_INDEX_CODINGS.index(m["index_coding"])])
-        out += _varints([len(self.sections)])
-        for section, data in self.sections.items():
-            out += bytes([_SECTIONS.index(section)]) + _varints([len(data)])
-        return bytes(out)
+        return _binary_meta(self.shape, self.dtype, self.meta, {k: len(v) for k, v in self.sections.items()})
 
     @property
     def nbytes(self) -> int:
@@ -130,10 +118,39 @@ class EncodedWeight:
         return f"sparse(b={m['gap_bits']} {m['gap_coding']}) -> {book}"
 
 
+def _binary_meta(shape: tuple[int, ...], dtype: str, m: dict[str, Any], sizes: dict[str, int]) -> bytes:
+    out = bytearray([_DTYPES.index(dtype), _SCHEMES.index(m["scheme"])])
+    out += _varints([len(shape), *shape])
+    if m["scheme"] == "codebook":
+        out += _varints([m["k"]]) + bytes([_INDEX_CODINGS.index(m["index_coding"])])
+    elif m["scheme"] == "sparse":
+        out += _varints([m["count"], m["k"]]) + bytes([m["gap_bits"], _CODINGS.index(m["gap_coding"])])
+        if m["k"]:
+            out += bytes([_INDEX_CODINGS.index(m["index_coding"])])
+    out += _varints([len(sizes)])
+    for section, size in sizes.items():
+        out += bytes([_SECTIONS.index(section)]) + _varints([size])
+    return bytes(out)
+
+
 # -- encoding --------------------------------------------------------------------------------------------
 def encode_weight(array: np.ndarray, *, allow_sparse: bool = True, allow_codebook: bool = True,
                   allow_huffman: bool = True, name: str = "") -> EncodedWeight:
     """The cheapest exact encoding of ``array`` (float16/32/64, int8/uint8) among the allowed stacks."""
+    arr, best = _cheapest(array, allow_sparse, allow_codebook, allow_huffman, name)
+    return EncodedWeight(tuple(int(d) for d in arr.shape), arr.dtype.name, best.meta, best.build(), name)
+
+
+def encoded_nbytes(array: np.ndarray, *, allow_sparse: bool = True, allow_codebook: bool = True,
+                   allow_huffman: bool = True) -> int:
+    """The blob bytes :func:`encode_weight` would produce (``len(to_blob(...))`` up to the binary meta's few
+    bytes), priced without encoding: what a pass choosing between widths can compare."""
+    arr, best = _cheapest(array, allow_sparse, allow_codebook, allow_huffman, "")
+    return best.nbytes(tuple(int(d) for d in arr.shape), arr.dtype.name)
+
+
+def _cheapest(array: np.ndarray, allow_sparse: bool, allow_codebook: bool, allow_huffman: bool,
+              name: str) -> tuple[np.ndarray, _Plan]:
     arr = np.asarray(array)
     if arr.dtype.name not in _DTYPES:
         raise CodecError(f"cannot pack weight {name!r}: dtype {arr.dtype} is not one of {', '.join(_DTYPES)}")
@@ -145,8 +162,7 @@ def encode_weight(array: np.ndarray, *, allow_sparse: bool = True, allow_codeboo
     if allow_sparse and facts.has_zeros:  # without zeros, sparse stores every element plus gaps: never cheaper
         plans.extend(_sparse_plans(facts, allow_codebook, allow_huffman))
     shape = tuple(int(d) for d in arr.shape)
-    best = min(plans, key=lambda p: p.nbytes(shape, arr.dtype.name))  # first among equals: the simplest
-    return EncodedWeight(shape, arr.dtype.name, best.meta, best.build(), name)
+    return arr, min(plans, key=lambda p: p.nbytes(shape, arr.dtype.name))  # first among equals: the simplest
 
 
 def dense_codebook(array: np.ndarray, limit: int = MAX_CODEBOOK) -> tuple[np.ndarray, np.ndarray] | None:
@@ -211,8 +227,8 @@ class _Plan:
     build: Callable[[], dict[str, bytes]]
 
     def nbytes(self, shape: tuple[int, ...], dtype: str) -> int:
-        doc = {"shape": list(shape), "dtype": dtype, **self.meta, "sections": [[k, v] for k, v in self.sizes.items()]}
-        return _HEADER.size + len(json.dumps(doc, separators=(",", ":")).encode()) + sum(self.sizes.values())
+        """Exact bytes of the blob this plan builds."""
+        return _HEADER.size + len(_binary_meta(shape, dtype, self.meta, self.sizes)) + sum(self.sizes.values())
 
 
 def _plain_plan(f: _Facts) -> _Plan:
