@@ -1,6 +1,6 @@
 """Filter pruning side by side: accuracy, MACs, parameters and onnxruntime latency of ``prune_filters``.
 
-Three tables, every figure from this run:
+Four tables, every figure from this run:
 
 1. Bundled trained models (MNIST ResCNN / VGG / LeNet-300, digits Concat CNN) pruned to 50% fewer MACs
    (``target: flops``, ``flops: 0.5``): criterion ``fpgm`` without repair, with least-squares repair, and with
@@ -20,14 +20,26 @@ Three tables, every figure from this run:
    which the same channels are zeroed in every consumer (the ``in`` slots of the analysis). The removed atoms
    are the pass's own choice, replicated with its planner on a second analysis of the original (the analysis
    is deterministic, so atoms are numbered alike). Max relative error = ``max |a - b| / max |a|`` over outputs.
+4. PP-OCRv4 Paddle exports from the ``rapidocr-onnxruntime`` wheel (``models.ppocr``: det, cls, rec; keys
+   ``ppocr-det``, ``ppocr-cls``, ``ppocr-rec``) after the lossless cleanup (fold_constants, eliminate_identity,
+   eliminate_dead; BatchNorms kept for the pass), pruned with recipe ``slim``'s pass settings (``fpgm``,
+   ``align: strict``, ``round_to: 8``, least-squares repair, ``flops: 0.5``), the same without repair, and with
+   repair at ``flops: 0.3``. Calibration (the pass's free input dims come from it too): ``ppocr.calibration``
+   seed 1, 32 pages 320x320 in batches of 4 (det) or 64 lines in batches of 8 (cls 48x192, rec 48x320). Fidelity
+   against the float (cleaned) model on held-out inputs the pass never sees (det: 16 pages from seed 10,000;
+   cls/rec: 128 lines from seed 2), as in ``benchmarks/quantization.py``: det F1 of the probability map
+   thresholded at 0.3 (rapidocr's DB ``thresh``) against the float map's; cls argmax agreement; rec
+   per-timestep argmax agreement. MACs at batch 1 and the calibration input size. ``--quick``: 8 calibration
+   inputs (batches of 4) and 8 held-out ones.
 
-Latency (tables 1 and 2): ``onnxcomp.bench.benchmark``, all models of one row group interleaved in the same
+Latency (tables 1, 2 and 4): ``onnxcomp.bench.benchmark``, all models of one row group interleaved in the same
 rounds, medians, onnxruntime default threads (``--threads 0``: every core). Before timing, the original and
 every pruned model go through the same lossless cleanup (fold_constants, eliminate_identity, fold_batchnorm,
 eliminate_dead, as recipe ``cleanup``), so BatchNorm is folded on both sides. ``speedup`` = original median /
-pruned median. Batch 64 (trained) and 8 (builders) keep both cores busy.
+pruned median. Batch 64 (trained) and 8 (builders) keep both cores busy; PP-OCR is timed at batch 1 only (det on
+the first held-out page, 1x3x320x320; cls 1x3x48x192; rec 1x3x48x320).
 
-    python benchmarks/filter_pruning.py [--only rescnn,resnet18,...] [--quick] [--rounds 30] [--threads 0]
+    python benchmarks/filter_pruning.py [--only rescnn,resnet18,ppocr-det,...] [--quick] [--rounds 30] [--threads 0]
 """
 
 from __future__ import annotations
@@ -339,20 +351,113 @@ def run_check(name: str, args: argparse.Namespace) -> list[str]:
     return row
 
 
+# -- table 4: PP-OCRv4 Paddle exports ------------------------------------------------------------------------------
+PPOCR = {"ppocr-det": "det", "ppocr-cls": "cls", "ppocr-rec": "rec"}
+PPOCR_CALIB = {"det": (32, 4), "cls": (64, 8), "rec": (64, 8)}  # (calibration images, batch); --quick: 8 of each
+PPOCR_TEST = {"det": 16, "cls": 128, "rec": 128}  # held-out inputs; --quick: 8
+PPOCR_TIMED = {"cls": (1, 3, 48, 192), "rec": (1, 3, 48, 320)}  # det: the first test page (320x320)
+DET_THRESH = 0.3  # rapidocr's DB ``thresh``, as in benchmarks/quantization.py
+PPOCR_HEADER = ["model", "setting", "MACs", "params", "fidelity vs float (held-out)", "ORT ms b1", "speedup b1",
+                "pass s", "notes"]
+
+
+def ppocr_settings() -> list[tuple[str, FilterPruneConfig]]:
+    base = dict(criterion="fpgm", target="flops", align="strict", round_to=ROUND_TO)
+    return [("fpgm, strict, repair, round_to 8, flops 0.5 (recipe slim)",
+             FilterPruneConfig(flops=0.5, repair=True, **base)),
+            ("fpgm, strict, no repair, round_to 8, flops 0.5", FilterPruneConfig(flops=0.5, repair=False, **base)),
+            ("fpgm, strict, repair, round_to 8, flops 0.3", FilterPruneConfig(flops=0.3, repair=True, **base))]
+
+
+def ppocr_cleanup(model: Model) -> Model:
+    """The lossless cleanup the pass sees (BatchNorms kept; ``cleaned`` folds them for timing, on both sides)."""
+    ctx = PassContext()
+    for p in (FoldConstants(), EliminateIdentity(), EliminateDead()):
+        p.run(model, ctx)
+    return model
+
+
+def ppocr_outputs(path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    sess = session(str(path))
+    return np.concatenate([sess.run(None, {"x": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def fidelity(kind: str, out: np.ndarray, reference: np.ndarray) -> tuple[float, str]:
+    """As ``score`` in benchmarks/quantization.py: det F1 of the 0.3-thresholded map against the float model's;
+    cls argmax agreement; rec per-timestep argmax agreement."""
+    if kind == "det":
+        a, b = out > DET_THRESH, reference > DET_THRESH
+        value = 2 * float(np.sum(a & b)) / max(1, int(a.sum()) + int(b.sum()))
+        return value, f"F1 {value:.4f}"
+    value = float((out.argmax(-1) == reference.argmax(-1)).mean())
+    return value, f"agree {value * 100:.2f}%"
+
+
+def run_ppocr(key: str, tmp: Path, args: argparse.Namespace) -> list[Row]:
+    from models import ppocr
+
+    kind = PPOCR[key]
+    n, batch = (8, 4) if args.quick else PPOCR_CALIB[kind]
+    n_test = 8 if args.quick else PPOCR_TEST[kind]
+    calib_x = ppocr.calibration(kind, n, seed=1)["x"]
+    test_x = ppocr.calibration(kind, n_test, seed=10_000 if kind == "det" else 2)["x"]
+    shapes = {"x": (1, *calib_x.shape[1:])}
+    source = tmp / f"{key}.cleanup.onnx"
+    original = ppocr_cleanup(Model.load(str(ppocr.model_paths()[kind])))
+    original.save(source)
+    reference = ppocr_outputs(source, test_x)
+    label = f"{key} (x {'x'.join(map(str, calib_x.shape[1:]))})"
+    rows = [Row(label, "original", source, cleaned(original, tmp / f"{key}.timed.onnx"),
+                total_macs(original, shapes=shapes), params(original), 1.0)]
+    for setting, cfg in ppocr_settings():
+        m = Model.load(str(source))
+        calib = CalibrationData.from_source({"x": calib_x}, m, batch_size=batch)
+        stem = tmp / f"{key}.{setting.split(' (')[0].replace(', ', '_').replace(' ', '-')}"
+        try:
+            seconds, note = prune(m, cfg, PassContext(calibration=calib, seed=args.seed))
+            out = m.save(stem.with_suffix(".onnx"))
+            value, text = fidelity(kind, ppocr_outputs(out, test_x), reference)
+            row = Row(label, setting, out, cleaned(m, Path(f"{stem}.timed.onnx")), total_macs(m, shapes=shapes),
+                      params(m), value, seconds, f"{text}; {note}")
+        except Exception as e:  # a failure is a result: the row says so and the benchmark goes on
+            row = failed(label, setting, e)
+        rows.append(row)
+        log(f"[{key}] {setting}: {row.note} ({row.seconds or 0:.1f} s)")
+    timed_x = test_x[:1]  # det: the first held-out page; cls/rec inputs are padded to the fixed rapidocr shape
+    if kind in PPOCR_TIMED and timed_x.shape != PPOCR_TIMED[kind]:
+        raise RuntimeError(f"{key}: held-out input {timed_x.shape}, expected {PPOCR_TIMED[kind]}")
+    time_rows(rows, {1: {"x": timed_x}}, args.rounds, args.threads)
+    return rows
+
+
+def ppocr_cells(row: Row, base: Row) -> list[str]:
+    if row.path is None:
+        return [row.model, row.setting, "-", "-", "-", "-", "-", "-", row.note]
+    if row is base:
+        return [row.model, row.setting, f"{row.macs:,}", f"{row.params:,}", "reference",
+                *latency_cells(row, (1,)), "-", ""]
+    text, _, note = row.note.partition("; ")
+    return [row.model, row.setting, change(base.macs, row.macs), change(base.params, row.params), text,
+            *latency_cells(row, (1,)), f"{row.seconds:.1f}", note]
+
+
 # -- main ------------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None,
-                        help=f"comma-separated models: {', '.join(TRAINED)}, {', '.join(BUILDERS)}")
+                        help=f"comma-separated models: {', '.join(TRAINED)}, {', '.join(BUILDERS)}, "
+                             f"{', '.join(PPOCR)}")
     parser.add_argument("--quick", action="store_true",
-                        help="small builder sizes (builders.small_kwargs), fewer rounds: a smoke test")
+                        help="small builder sizes (builders.small_kwargs), 8 PP-OCR calibration and held-out "
+                             "inputs, fewer rounds: a smoke test")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: every core)")
-    parser.add_argument("--rounds", type=int, default=None, help="latency rounds for builders (default 30, quick 5)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="latency rounds for builders and PP-OCR (default 30, quick 5)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.rounds = args.rounds or (5 if args.quick else 30)
     args.trained_rounds = 4 * args.rounds  # the MNIST models run in well under a millisecond
-    wanted = list(TRAINED) + list(BUILDERS)
+    wanted = list(TRAINED) + list(BUILDERS) + list(PPOCR)
     if args.only:
         unknown = sorted(set(args.only.split(",")) - set(wanted))
         if unknown:
@@ -360,9 +465,9 @@ def main() -> None:
         wanted = args.only.split(",")
     start = time.perf_counter()
     print(f"onnxruntime {ort.__version__}; {os.cpu_count()} CPUs; latency: onnxcomp.bench, interleaved rounds "
-          f"({args.trained_rounds} trained, {args.rounds} builders), medians, {args.threads or 'default'} "
+          f"({args.trained_rounds} trained, {args.rounds} builders and PP-OCR), medians, {args.threads or 'default'} "
           "intra-op threads; BN folded (cleanup passes) in original and pruned models alike"
-          + ("; QUICK: small builders" if args.quick else ""))
+          + ("; QUICK: small builders, 8 PP-OCR inputs" if args.quick else ""))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         trained = [k for k in TRAINED if k in wanted]
@@ -388,6 +493,14 @@ def main() -> None:
             table(CHECK_HEADER)
             for name in built:
                 print(" | ".join(run_check(name, args)), flush=True)
+        ocr = [k for k in PPOCR if k in wanted]
+        if ocr:
+            print("\n## 4. PP-OCRv4 (Paddle exports) at 50% fewer MACs (fpgm, strict, round_to 8; also flops 0.3)\n")
+            table(PPOCR_HEADER)
+            for key in ocr:
+                rows = run_ppocr(key, tmp, args)
+                for row in rows:
+                    print(" | ".join(ppocr_cells(row, rows[0])), flush=True)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
 
 

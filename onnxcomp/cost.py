@@ -90,6 +90,14 @@ def node_costs(model: Model | onnx.ModelProto, batch: int = 1,
     what inference finds and are carried downstream by it. ``batch`` replaces symbolic leading dims only: a
     batch the model fixes stays as it is.
     """
+    return costs_and_shapes(model, batch, shapes)[0]
+
+
+def costs_and_shapes(model: Model | onnx.ModelProto, batch: int = 1,
+                     shapes: Mapping[str, Sequence[int]] | None = None,
+                     ) -> tuple[list[NodeCost], dict[str, Shape]]:
+    """:func:`node_costs` and :func:`tensor_shapes` from one shape resolution (each exports the model once,
+    which dominates on large models)."""
     model = model if isinstance(model, Model) else Model.load(model)
     resolved, types = _resolve(model, batch, shapes)
     constant = _constant_tensors(model.graph)
@@ -104,7 +112,7 @@ def node_costs(model: Model | onnx.ModelProto, batch: int = 1,
                 seen.add(t.name)
                 params += math.prod(resolved.get(t.name, (0,)))
         costs.append(NodeCost(node_label(node), node.op, macs, params))
-    return costs
+    return costs, resolved
 
 
 def total_macs(model: Model | onnx.ModelProto, batch: int = 1, *, all_ops: bool = False,

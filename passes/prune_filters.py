@@ -36,7 +36,7 @@ import onnx_graphsurgeon as gs
 from onnxcomp.bench import benchmark
 from onnxcomp.channel_groups import ChannelGraph, analyze
 from onnxcomp.channel_importance import CRITERIA, importance
-from onnxcomp.cost import HEAVY_OPS, node_costs, tensor_shapes, total_macs
+from onnxcomp.cost import HEAVY_OPS, costs_and_shapes
 from onnxcomp.errors import PassError
 from onnxcomp.graph_edit import node_label, tensor_names, unique_name
 from onnxcomp.model import Model
@@ -92,7 +92,7 @@ class PruneFilters(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
         result = PassResult(modified=False)
-        shapes = _shapes(model, ctx)
+        node_macs, shapes = _costs_and_shapes(model, ctx)
         cg = analyze(model, cfg.align, shapes, cfg.exclude)
         free = [g for g in cg.groups if g.locked is None]
         for g in cg.groups:
@@ -103,7 +103,7 @@ class PruneFilters(Pass):
             return result
         scores = importance(cg, cfg.criterion, ctx.calibration)
         planner = _Planner(cg, scores, cfg)
-        costs = {c.node: c.macs for c in node_costs(model, shapes=_input_shapes(shapes, model)) if c.op in HEAVY_OPS}
+        costs = {c.node: c.macs for c in node_macs if c.op in HEAVY_OPS}
         if cfg.target == "ratio":
             removed = planner.removed(cfg.ratio)
         elif cfg.target == "flops":
@@ -114,7 +114,7 @@ class PruneFilters(Pass):
         if not removed:
             result.summary = "nothing to remove at this ratio"
             return result
-        macs_before = total_macs(model, shapes=_input_shapes(shapes, model))
+        macs_before = sum(costs.values())
         reference = model.copy() if cfg.repair else None
         before = {g.index: g.size for g in cg.groups}
         maps = apply_removal(model, cg, removed)
@@ -122,7 +122,7 @@ class PruneFilters(Pass):
         if cfg.repair:
             errors = _repair(model, reference, cg, removed, maps, ctx, cfg.damp)
         result.modified = True
-        macs_after = total_macs(model, shapes=_input_shapes(shapes, model))
+        macs_after = _macs_after(cg, removed, costs)  # exact for the heavy ops, maps included
         for g in free:
             gone = sum(1 for a in g.atoms if a in removed)
             result.records.append({"layer": ", ".join(g.sources), "channels": before[g.index],
@@ -137,17 +137,14 @@ class PruneFilters(Pass):
         return result
 
 
-def _input_shapes(shapes: dict[str, tuple[int, ...]], model: Model) -> dict[str, tuple[int, ...]]:
-    return {t.name: shapes[t.name] for t in model.graph.inputs if t.name in shapes}
-
-
-def _shapes(model: Model, ctx: PassContext) -> dict[str, tuple[int, ...]]:
-    """Concrete tensor shapes at batch 1; free input dims are taken from the first calibration feed."""
+def _costs_and_shapes(model: Model, ctx: PassContext):
+    """Per-node MACs and concrete tensor shapes at batch 1, from one export of the model; free input dims come
+    from the first calibration feed."""
     given = None
     if ctx.calibration is not None and len(ctx.calibration):
         first = next(iter(ctx.calibration))
         given = {k: (1, *np.shape(v)[1:]) for k, v in first.items()}
-    return tensor_shapes(model, shapes=given)
+    return costs_and_shapes(model, shapes=given)
 
 
 class _Planner:

@@ -3,6 +3,8 @@ rounding, exclusion, both shortcut alignments, and the refusals."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -44,12 +46,18 @@ def test_rescnn_half_the_macs_within_one_point_with_repair() -> None:
     assert drops[False] > drops[True] + 0.05
 
 
+def _summary_macs(result) -> int:
+    return int(re.search(r"-> ([\d,]+)", result.report.passes[0].summary).group(1).replace(",", ""))
+
+
 def test_independent_alignment_inserts_repaired_shortcut_maps() -> None:
     result = _slim(RESCNN, criterion="fpgm", align="independent")
     ops = [n.op for n in result.model.graph.nodes]
     assert ops.count("Conv") == 8 + 2  # two identity shortcuts got a 1x1 map
     assert evaluate(RESCNN, result.model.to_proto(), TEST).accuracy_drop <= 0.015
-    assert total_macs(result.model) <= 0.5 * total_macs(Model.load(RESCNN))
+    macs = total_macs(result.model)
+    assert macs <= 0.5 * total_macs(Model.load(RESCNN))
+    assert _summary_macs(result) == macs  # the planner's count (maps included) is the model's
 
 
 @pytest.mark.parametrize("model, calib, bound", [(VGG, CALIB, 0.01),
@@ -122,10 +130,19 @@ def test_global_scope_and_layer_ratio() -> None:
     assert len({round(r["kept"] / r["channels"], 2) for r in others}) > 1
 
 
-def test_latency_target_measures_candidates() -> None:
-    """``target: latency`` bisects on measured onnxruntime speedups; the outcome depends on the machine, so this
-    checks only that a valid, smaller model comes out (the figures live in benchmarks/filter_pruning.py)."""
-    result = _slim(RESCNN, criterion="fpgm", target="latency", speedup=1.05, round_to=8)
-    assert result.report.passes[0].modified
-    assert total_macs(result.model) < total_macs(Model.load(RESCNN))
-    assert evaluate(RESCNN, result.model.to_proto(), TEST).accuracy_candidate > 0.9
+def test_latency_target_bisects_on_measured_speedups(monkeypatch) -> None:
+    """``target: latency`` bisects on measured speedups of candidate models. Timing on a shared machine is noise,
+    so the measurement is replaced by a deterministic stand-in (the MACs ratio of the two files it is given):
+    the search must return the mildest pruning that reaches the goal."""
+    from types import SimpleNamespace
+
+    from onnxcomp.passes import prune_filters
+
+    def fake_benchmark(models, feed, rounds, warmup):
+        base, cand = (total_macs(Model.load(m)) for m in models)
+        return [SimpleNamespace(speedup=1.0), SimpleNamespace(speedup=base / cand)]
+
+    monkeypatch.setattr(prune_filters, "benchmark", fake_benchmark)
+    result = _slim(RESCNN, criterion="fpgm", target="latency", speedup=1.6, repair=False)
+    reduction = 1 - total_macs(result.model) / total_macs(Model.load(RESCNN))
+    assert 1 - 1 / 1.6 <= reduction <= 1 - 1 / 1.6 + 0.08
