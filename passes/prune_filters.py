@@ -115,6 +115,8 @@ class PruneFilters(Pass):
             result.summary = "nothing to remove at this ratio"
             return result
         macs_before = sum(costs.values())
+        if cfg.repair:
+            _name_unnamed_layers(model)
         reference = model.copy() if cfg.repair else None
         before = {g.index: g.size for g in cg.groups}
         maps = apply_removal(model, cg, removed)
@@ -137,13 +139,26 @@ class PruneFilters(Pass):
         return result
 
 
+def _name_unnamed_layers(model: Model) -> None:
+    """Repair finds a layer in the original model by its node name: give unnamed weighted nodes unique ones."""
+    names = {n.name for n in model.graph.nodes if n.name}
+    for node in model.graph.nodes:
+        if not node.name and node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            node.name = unique_name(f"{node.op}_{node.outputs[0].name}", names)
+
+
 def _costs_and_shapes(model: Model, ctx: PassContext):
     """Per-node MACs and concrete tensor shapes at batch 1, from one export of the model; free input dims come
     from the first calibration feed."""
     given = None
     if ctx.calibration is not None and len(ctx.calibration):
         first = next(iter(ctx.calibration))
-        given = {k: (1, *np.shape(v)[1:]) for k, v in first.items()}
+        given = {}
+        for t in model.graph.inputs:
+            if t.name in first:
+                declared = list(t.shape or [])
+                fixed = len(declared) and isinstance(declared[0], int) and declared[0] > 0
+                given[t.name] = (declared[0] if fixed else 1, *np.shape(first[t.name])[1:])
     return costs_and_shapes(model, shapes=given)
 
 

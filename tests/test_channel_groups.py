@@ -170,3 +170,88 @@ def test_paddle_exports_prune_equal_to_zeroed(kind: str, shape: tuple[int, ...])
     apply_removal(pruned, graphs[1], removed)
     feed = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     assert rel_err(run_ort(reference.to_proto(), feed)[0], run_ort(pruned.to_proto(), feed)[0]) < 1e-3
+
+
+def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], shape=(2, 4, 8, 8),
+           out_shape=None, opset: int = 17) -> onnx.ModelProto:
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    return proto
+
+
+def _w(*shape: int) -> np.ndarray:
+    return np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+
+
+_i64 = np.int64
+_CASES = {
+    # conv -> Slice of the first 6 channels (step 1) -> conv
+    "slice_channels": ([_node("Conv", ["x", "w1"], ["h"], kernel_shape=[1, 1]),
+                        _node("Slice", ["h", "s0", "s1", "s2"], ["r"]),
+                        _node("Conv", ["r", "w2"], ["y"], kernel_shape=[1, 1])],
+                       {"w1": _w(8, 4, 1, 1), "s0": np.array([0], _i64), "s1": np.array([6], _i64),
+                        "s2": np.array([1], _i64), "w2": _w(3, 6, 1, 1)}),
+    # PRelu with a per-channel slope, Pad on space, Resize by sizes, ConvTranspose
+    "prelu_pad_resize_deconv": ([_node("Conv", ["x", "w1"], ["h"], kernel_shape=[1, 1]),
+                                 _node("PRelu", ["h", "slope"], ["p"]),
+                                 _node("Pad", ["p", "pads"], ["q"]),
+                                 _node("Resize", ["q", "", "", "sizes"], ["r"], mode="nearest"),
+                                 _node("ConvTranspose", ["r", "wt"], ["t"], kernel_shape=[2, 2], strides=[2, 2]),
+                                 _node("Conv", ["t", "w2"], ["y"], kernel_shape=[1, 1])],
+                                {"w1": _w(8, 4, 1, 1), "slope": _w(8, 1, 1),
+                                 "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], _i64),
+                                 "sizes": np.array([2, 8, 20, 20], _i64), "wt": _w(8, 6, 2, 2), "w2": _w(3, 6, 1, 1)}),
+    # depthwise conv with a channel multiplier of 2, then channels-last: Transpose -> MatMul + bias -> Gemm
+    "multiplier_and_channels_last": ([_node("Conv", ["x", "w1"], ["h"], kernel_shape=[1, 1]),
+                                      _node("Conv", ["h", "dw"], ["d"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                            group=8),
+                                      _node("Transpose", ["d"], ["t"], perm=[0, 2, 3, 1]),
+                                      _node("MatMul", ["t", "m"], ["mm"]),
+                                      _node("Add", ["mm", "b"], ["a"]),
+                                      _node("ReduceMean", ["a"], ["g"], axes=[1, 2], keepdims=0),
+                                      _node("Gemm", ["g", "fc"], ["y"], transB=0)],
+                                     {"w1": _w(8, 4, 1, 1), "dw": _w(16, 1, 3, 3), "m": _w(16, 12),
+                                      "b": _w(12), "fc": _w(12, 5)}),
+    # opset-11 Split with the sizes as an attribute, a Concat of the halves in swapped order
+    "split_attribute": ([_node("Conv", ["x", "w1"], ["h"], kernel_shape=[1, 1]),
+                         _node("Split", ["h"], ["s1", "s2"], axis=1, split=[3, 5]),
+                         _node("Relu", ["s2"], ["r2"]),
+                         _node("Concat", ["r2", "s1"], ["c"], axis=1),
+                         _node("Conv", ["c", "w2"], ["y"], kernel_shape=[1, 1])],
+                        {"w1": _w(8, 4, 1, 1), "w2": _w(3, 8, 1, 1)}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+def test_less_common_ops_prune_equal_to_zeroed(case: str) -> None:
+    nodes, inits = _CASES[case]
+    proto = _model(nodes, inits, opset=11 if case == "split_attribute" else 17)
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)}
+    reference, pruned = Model.load(proto), Model.load(proto)
+    graphs = [analyze(m, "strict", tensor_shapes(m)) for m in (reference, pruned)]
+    removed = _half_of_every_group(graphs[1])
+    assert removed, [g.locked for g in graphs[1].groups]
+    _zeroed(reference, graphs[0], removed)
+    apply_removal(pruned, graphs[1], removed)
+    assert rel_err(run_ort(reference.to_proto(), feed)[0], run_ort(pruned.to_proto(), feed)[0]) < 1e-5
+
+
+def test_pass_on_a_fixed_batch_model_with_calibration() -> None:
+    """A model that fixes its batch (2) takes calibration feeds of that batch; the pass's shape resolution must
+    follow the model, not assume batch 1."""
+    from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters
+
+    from onnxcomp.calibration import CalibrationData
+    from onnxcomp.pipeline import PassContext
+
+    nodes, inits = _CASES["multiplier_and_channels_last"]
+    model = Model.load(_model(nodes, inits))
+    x = np.random.default_rng(1).standard_normal((8, 4, 8, 8)).astype(np.float32)
+    calib = CalibrationData.from_source({"x": x}, model)
+    result = PruneFilters(FilterPruneConfig(ratio=0.5)).run(model, PassContext(calibration=calib))
+    assert result.modified and any(r.get("repaired") for r in result.records)
+    assert run_ort(model.to_proto(), {"x": x[:2]})[0].shape == (2, 5)
