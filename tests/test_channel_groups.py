@@ -10,13 +10,16 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from click.testing import CliRunner
-from onnxcomp.passes.prune_filters import apply_removal
+from onnxcomp.passes.fold_constants import FoldConstants
+from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, apply_removal
 
-from models import builders, paths
+from models import builders, paths, ppocr
+from onnxcomp.calibration import CalibrationData
 from onnxcomp.channel_groups import analyze
 from onnxcomp.cli import cli
 from onnxcomp.cost import tensor_shapes
 from onnxcomp.model import Model
+from onnxcomp.pipeline import PassContext
 from onnxcomp.weights import constant_value
 from tests.conftest import rel_err, run_ort
 
@@ -152,10 +155,7 @@ def test_inspect_groups_cli() -> None:
 def test_paddle_exports_prune_equal_to_zeroed(kind: str, shape: tuple[int, ...]) -> None:
     """Real models nobody here wrote: PP-OCRv4 (Paddle export, weights in Constant nodes, free H/W, SE blocks,
     HardSwish, upsampling FPN in det)."""
-    from onnxcomp.passes.fold_constants import FoldConstants
 
-    from models import ppocr
-    from onnxcomp.pipeline import PassContext
 
     reference, pruned = (Model.load(ppocr.model_paths()[kind]) for _ in range(2))
     name = reference.graph.inputs[0].name
@@ -243,10 +243,7 @@ def test_less_common_ops_prune_equal_to_zeroed(case: str) -> None:
 def test_pass_on_a_fixed_batch_model_with_calibration() -> None:
     """A model that fixes its batch (2) takes calibration feeds of that batch; the pass's shape resolution must
     follow the model, not assume batch 1."""
-    from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters
 
-    from onnxcomp.calibration import CalibrationData
-    from onnxcomp.pipeline import PassContext
 
     nodes, inits = _CASES["multiplier_and_channels_last"]
     model = Model.load(_model(nodes, inits))
@@ -255,3 +252,18 @@ def test_pass_on_a_fixed_batch_model_with_calibration() -> None:
     result = PruneFilters(FilterPruneConfig(ratio=0.5)).run(model, PassContext(calibration=calib))
     assert result.modified and any(r.get("repaired") for r in result.records)
     assert run_ort(model.to_proto(), {"x": x[:2]})[0].shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", sorted(builders.BUILDERS))
+def test_independent_alignment_runs_on_every_builder(name: str) -> None:
+    """Identity shortcuts left with their own channels get 1x1 maps (Conv, or MatMul + Add channels-last); the
+    result must run and keep the output's shape."""
+
+    proto = builders.build(name, **builders.small_kwargs(name))
+    feed = builders.default_feed(proto, batch=2)
+    model = Model.load(proto)
+    result = PruneFilters(FilterPruneConfig(align="independent", ratio=0.3, repair=False)).run(model, PassContext())
+    assert result.modified
+    maps = sum(1 for n in model.graph.nodes if "_align" in n.name)
+    assert (maps > 0) == ("shortcut maps" in result.summary)
+    assert run_ort(model.to_proto(), feed)[0].shape == run_ort(proto, feed)[0].shape
