@@ -586,7 +586,7 @@ def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
         return "unknown shapes"
     if int(np.prod(s_in)) > _MAX_MAP:
         return "tensor too large to map"
-    if node.op == "Reshape" and constant_value(node.inputs[1]) is None:
+    if node.op == "Reshape" and constant_value(node.inputs[1]) is None and not _runtime_batch_shape(node.inputs[1]):
         return "non-constant shape"
     full = np.broadcast_to(np.expand_dims(space.ids, [i for i in range(len(s_in)) if i not in space.axes]),
                            s_in)
@@ -603,10 +603,36 @@ def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
         inner = ids.reshape(-1, ids.shape[-1])
         for j in range(inner.shape[1]):
             a.cg.union(np.full(inner.shape[0], inner[0, j]), inner[:, j])
-    if node.op == "Reshape":
+    if node.op == "Reshape" and constant_value(node.inputs[1]) is not None:
         a.cg.fixups.append(Fixup(node, "reshape", x.name, {"out_axes": varying, "out_shape": s_out}))
     a.set(y, varying, np.ascontiguousarray(ids))
     return None
+
+
+def _runtime_batch_shape(shape: gs.Tensor) -> bool:
+    """Whether a computed Reshape shape is ``[N, -1, ...]`` style: a Concat of the runtime batch size
+    (``Unsqueeze(Gather(Shape(t), 0))``) and constants that are all -1 or 0, as ``x.view(x.size(0), -1)``
+    exports. Such a shape follows a channel removal by itself, so nothing needs rewriting."""
+    producer = shape.inputs[0] if len(shape.inputs) == 1 else None
+    if producer is None or not is_standard(producer, "Concat"):
+        return False
+    for part in producer.inputs:
+        value = constant_value(part)
+        if value is not None:
+            if not np.isin(value, (-1, 0)).all():
+                return False
+            continue
+        node = part.inputs[0] if len(part.inputs) == 1 else None
+        if node is not None and is_standard(node, "Unsqueeze"):
+            node = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
+        if node is None or not is_standard(node, "Gather"):
+            return False
+        index = constant_value(node.inputs[1])
+        source = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
+        if index is None or index.size != 1 or int(index.ravel()[0]) != 0 or source is None \
+                or not is_standard(source, "Shape"):
+            return False
+    return True
 
 
 def _reduce(a: _Analyzer, node: gs.Node) -> str | None:
