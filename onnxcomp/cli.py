@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from onnxcomp import api
 from onnxcomp.bench import bench_feed, benchmark
-from onnxcomp.errors import OnnxcompError
+from onnxcomp.errors import OnnxcompError, PassError
 from onnxcomp.recipe import builtin_recipes
 from onnxcomp.report import dumps_json
 
@@ -35,7 +35,11 @@ def cli() -> None:
 def inspect(model: str, as_json: bool, layers: int, groups: bool, shapes: tuple[str, ...]) -> None:
     """Op histogram, size by section, parameters and bytes per layer (or, with --groups, channel groups)."""
     if groups:
-        _print_groups(api.channel_groups(model, _parse_shapes(shapes) or None), as_json)
+        try:
+            rows = api.channel_groups(model, _parse_shapes(shapes) or None)
+        except PassError as e:
+            raise PassError(f"{e} (on the command line: --shape NAME=1x3x224x224)") from None
+        _print_groups(rows, as_json)
         return
     info = api.inspect(model)
     if as_json:
