@@ -9,10 +9,12 @@ the normalised scores of every slot an atom appears in:
 - ``fpgm``: distance of each filter to the others' geometric median, approximated by the sum of distances to all
   filters of the layer; filters near the median are replaceable (He et al., "Filter Pruning via Geometric
   Median", 2019);
-- ``bn``: ``|gamma|`` of the BatchNormalization after the conv (Liu et al., "Network Slimming", 2017); groups
-  without a BatchNormalization fall back to ``l1``;
+- ``bn``: ``|gamma|`` of the BatchNormalization after the conv (Liu et al., "Network Slimming", 2017);
 - ``activation``: the output energy a channel feeds into its consumers, ``E[x_c^2] * ||W[:, c]||^2`` from
   calibration data (streamed; a channel that is always ~0 feeds nothing).
+
+Atoms a criterion cannot score (no BatchNorm after them, no consumer with columns to weigh) are ranked by
+``l1`` rather than counted as unimportant.
 """
 
 from __future__ import annotations
@@ -33,22 +35,20 @@ def importance(cg: ChannelGraph, criterion: str, data: CalibrationData | None = 
     """Importance of every atom that some slot scores (higher = keep)."""
     slots = [s for s in cg.slots if s.node.op in _WEIGHTED and s.input == 1 and s.kind in ("out", "in")]
     if criterion in ("l1", "l2"):
-        scored = [(s, _norms(s, criterion)) for s in slots]
-    elif criterion == "fpgm":
+        return _aggregate(cg, [(s, _norms(s, criterion)) for s in slots])
+    if criterion == "fpgm":
         scored = [(s, _fpgm(s)) for s in slots if s.kind == "out"]
     elif criterion == "bn":
         bn = [s for s in cg.slots if s.node.op == "BatchNormalization" and s.input == 1]
         scored = [(s, np.abs(constant_value(s.node.inputs[1]).astype(np.float64))) for s in bn]
-        fallback = importance(cg, "l1")
-        covered = _aggregate(cg, scored)
-        return {**fallback, **covered}
     elif criterion == "activation":
         if data is None:
             raise ValueError("the activation criterion needs calibration data")
         scored = _activation(cg, [s for s in slots if s.kind == "in"], data)
     else:
         raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
-    return _aggregate(cg, scored)
+    # atoms the criterion cannot see (no BatchNorm, no consumer it can score) are ranked by l1, not taken as 0
+    return {**importance(cg, "l1"), **_aggregate(cg, scored)}
 
 
 def _aggregate(cg: ChannelGraph, scored: list[tuple[Slot, np.ndarray]]) -> dict[int, float]:
