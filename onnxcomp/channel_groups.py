@@ -586,8 +586,7 @@ def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
         return "unknown shapes"
     if int(np.prod(s_in)) > _MAX_MAP:
         return "tensor too large to map"
-    if node.op == "Reshape" and constant_value(node.inputs[1]) is None and not _runtime_batch_shape(node.inputs[1]):
-        return "non-constant shape"
+    computed = node.op == "Reshape" and constant_value(node.inputs[1]) is None
     full = np.broadcast_to(np.expand_dims(space.ids, [i for i in range(len(s_in)) if i not in space.axes]),
                            s_in)
     mapped = full.reshape(s_out)
@@ -599,6 +598,8 @@ def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
         return "moves channels into the batch axis"
     index = tuple(slice(None) if i in varying else 0 for i in range(len(s_out)))
     ids = mapped[index]
+    if computed and not _follows_removal(a, node.inputs[1], varying[-1]):
+        return "shape computed with a hard-coded channel count"
     if len(varying) > 1:  # removal along the innermost axis only: tie the outer positions
         inner = ids.reshape(-1, ids.shape[-1])
         for j in range(inner.shape[1]):
@@ -609,30 +610,23 @@ def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
     return None
 
 
-def _runtime_batch_shape(shape: gs.Tensor) -> bool:
-    """Whether a computed Reshape shape is ``[N, -1, ...]`` style: a Concat of the runtime batch size
-    (``Unsqueeze(Gather(Shape(t), 0))``) and constants that are all -1 or 0, as ``x.view(x.size(0), -1)``
-    exports. Such a shape follows a channel removal by itself, so nothing needs rewriting."""
+def _follows_removal(a: _Analyzer, shape: gs.Tensor, axis: int) -> bool:
+    """Whether a Reshape shape computed at run time adapts to fewer channels by itself: a Concat whose entry at
+    the axis channels are removed along is -1 or itself computed at run time (PyTorch's ``x.view(n, -1)`` or
+    ``x.view(n, g, c // g, h, w)`` with ``n, c, h, w = x.shape``). A constant count there would not follow."""
     producer = shape.inputs[0] if len(shape.inputs) == 1 else None
     if producer is None or not is_standard(producer, "Concat"):
         return False
+    at = 0
     for part in producer.inputs:
         value = constant_value(part)
-        if value is not None:
-            if not np.isin(value, (-1, 0)).all():
-                return False
-            continue
-        node = part.inputs[0] if len(part.inputs) == 1 else None
-        if node is not None and is_standard(node, "Unsqueeze"):
-            node = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
-        if node is None or not is_standard(node, "Gather"):
+        size = value.size if value is not None else int(np.prod(a.shape(part) or (0,)))
+        if size == 0:
             return False
-        index = constant_value(node.inputs[1])
-        source = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
-        if index is None or index.size != 1 or int(index.ravel()[0]) != 0 or source is None \
-                or not is_standard(source, "Shape"):
+        if at <= axis < at + size and value is not None and value.ravel()[axis - at] != -1:
             return False
-    return True
+        at += size
+    return at > axis
 
 
 def _reduce(a: _Analyzer, node: gs.Node) -> str | None:
@@ -697,15 +691,16 @@ def _build_groups(cg: ChannelGraph) -> None:
     for name, space in cg.spaces.items():
         for root in set(cg.atoms(space.ids).ravel().tolist()):
             tensors[root].append(name)
-    by_key: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    by_key: dict[tuple[tuple[str, ...], str], list[int]] = defaultdict(list)
     for root in sorted(set(tensors) | set(members)):
-        by_key[tuple(sorted(sources[root]))].append(root)
-    for key, roots in by_key.items():
+        if not sources[root]:  # no layer produces them (a graph input's channels, an unknown op's): locked
+            locked.setdefault(root, "no layer produces these channels")
+            by_key[(), locked[root]].append(root)  # one group per reason
+        else:
+            by_key[tuple(sorted(sources[root])), ""].append(root)
+    for (key, _), roots in by_key.items():
         names = sorted({n for r in roots for n in tensors[r]})
         mem = list(dict.fromkeys(m for r in roots for m in members[r]))
-        if not key:  # e.g. the channels of a graph input
-            for r in roots:
-                locked.setdefault(r, "no layer produces these channels")
         free = [r for r in roots if r not in locked]
         why = None if free else locked[roots[0]]
         cg.groups.append(ChannelGroup(len(cg.groups), roots, key, names, mem, why))

@@ -125,6 +125,10 @@ class PruneFilters(Pass):
             errors = _repair(model, reference, cg, removed, maps, ctx, cfg.damp)
         result.modified = True
         macs_after = _macs_after(cg, removed, costs)  # exact for the heavy ops, maps included
+        if not planner.reached:
+            goal = f"{cfg.flops:.0%} fewer MACs" if cfg.target == "flops" else f"a {cfg.speedup:g}x speedup"
+            result.skipped.append(("target", f"{goal} not reachable: every prunable group is at max_ratio "
+                                             f"{cfg.max_ratio:g} (the rest is locked, see the other skipped entries)"))
         for g in free:
             gone = sum(1 for a in g.atoms if a in removed)
             result.records.append({"layer": ", ".join(g.sources), "channels": before[g.index],
@@ -168,6 +172,7 @@ class _Planner:
     def __init__(self, cg: ChannelGraph, scores: dict[int, float], cfg: FilterPruneConfig):
         self.cfg = cfg
         self.scores = scores
+        self.reached = True  # whether the last search met its goal
         self.groups = []  # (group, its free atoms least important first, its layer_ratio override)
         for g in cg.groups:
             if g.locked is not None:
@@ -216,7 +221,8 @@ class _Planner:
         ratio overshoots the target, and the give-back spends the slack on the channels that matter most."""
         lo, hi = 0.0, self.cfg.max_ratio
         best = self.removed(hi)
-        if measure(best) < goal:
+        self.reached = measure(best) >= goal
+        if not self.reached:
             return best
         for _ in range(_BISECT_STEPS):
             mid = (lo + hi) / 2

@@ -291,3 +291,28 @@ def test_view_batch_minus_one_follows_the_removal() -> None:
     assert rel_err(run_ort(reference.to_proto(), feed)[0], run_ort(pruned.to_proto(), feed)[0]) < 1e-5
     hard = Model.load(head(288))
     assert all(g.locked for g in analyze(hard, "strict", tensor_shapes(hard)).groups)
+
+
+def test_pytorch_export_patterns() -> None:
+    """PyTorch's own export (models/torch_patterns.py): SE gating, hardswish, BatchNorm, residual Adds, a channel
+    shuffle with shapes computed at run time, ``torch.chunk`` as Slices with computed bounds, ``view(n, -1)`` and a
+    second output reading the residual stream. What can follow a removal prunes equal to zeroed; the rest locks
+    with its reason."""
+    path = paths.model_path("torch_patterns")
+    reference, pruned = Model.load(path), Model.load(path)
+    given = {"x": (1, 3, 32, 32)}
+    graphs = []
+    for model in (reference, pruned):
+        FoldConstants().run(model, PassContext())
+        graphs.append(analyze(model, "strict", tensor_shapes(model, shapes=given)))
+    by_source = {s: g for g in graphs[1].groups for s in g.sources}
+    assert by_source["/b1/se/fc2/Conv"].locked is None  # SE gate tied to the block's expansion channels
+    assert by_source["/left/Conv"] is by_source["/right/Conv"] and by_source["/left/Conv"].locked is None  # shuffle
+    assert "Slice" in by_source["/down/Conv"].locked  # chunk's bounds are computed: they would not follow
+    assert by_source["/stem/Conv"].locked == "graph output 'feat'"
+    removed = _half_of_every_group(graphs[1])
+    _zeroed(reference, graphs[0], removed)
+    apply_removal(pruned, graphs[1], removed)
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    for a, b in zip(run_ort(reference.to_proto(), feed), run_ort(pruned.to_proto(), feed)):
+        assert rel_err(a, b) < 1e-5

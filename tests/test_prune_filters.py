@@ -146,3 +146,12 @@ def test_latency_target_bisects_on_measured_speedups(monkeypatch) -> None:
     result = _slim(RESCNN, criterion="fpgm", target="latency", speedup=1.6, repair=False)
     reduction = 1 - total_macs(result.model) / total_macs(Model.load(RESCNN))
     assert 1 - 1 / 1.6 <= reduction <= 1 - 1 / 1.6 + 0.08
+
+
+def test_unreachable_target_is_reported() -> None:
+    """Most channels of models/torch_patterns.onnx are locked (graph outputs, chunk): with channel counts in
+    multiples of 8, 50% fewer MACs cannot be reached, and the report says so instead of pretending."""
+    x = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    result = _slim(str(paths.model_path("torch_patterns")), calibration={"x": x}, criterion="activation", round_to=8)
+    step = result.report.passes[0]
+    assert step.modified and any(what == "target" and "not reachable" in why for what, why in step.skipped)
