@@ -40,6 +40,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import PassError
@@ -218,6 +219,8 @@ class _Analyzer:
         self.main_nodes = {id(n) for n in self.graph.nodes}
 
     def run(self) -> None:
+        self.computed_slices: dict[str, list[tuple[gs.Node, slice]]] = {}
+        self._values: dict[str, np.ndarray] | None = None
         for node in self.graph.nodes:
             if not is_standard(node):
                 self.refuse(node, f"custom op {node.domain}.{node.op}")
@@ -239,6 +242,7 @@ class _Analyzer:
             reason = handler(self, node) if handler is not None else f"unsupported op {node.op}"
             if reason:
                 self.refuse(node, reason)
+        _tie_computed_slices(self)
         for t in self.graph.outputs:
             if t.name in self.cg.spaces:
                 self.cg.lock(self.cg.spaces[t.name].ids, f"graph output '{t.name}'")
@@ -246,6 +250,18 @@ class _Analyzer:
             space = self.cg.spaces.get(t.name)
             if space is not None and any(id(n) not in self.main_nodes for n in t.outputs):
                 self.cg.lock(space.ids, f"'{t.name}' is read inside a subgraph")
+
+    def evaluate(self, t: gs.Tensor) -> np.ndarray | None:
+        """The value of a small computed tensor (Slice bounds) at the analysis shapes: every such tensor of the
+        graph from one onnxruntime run on zero inputs, done the first time one is asked for."""
+        value = constant_value(t)
+        if value is not None:
+            return value
+        if self._values is None:
+            wanted = [n.inputs[i].name for n in self.graph.nodes if is_standard(n, "Slice")
+                      for i in (1, 2) if i < len(n.inputs) and n.inputs[i].name and not is_constant(n.inputs[i])]
+            self._values = _run_values(self.model, wanted, self.shapes)
+        return self._values.get(t.name)
 
     def _tensors(self):
         return [t for t in self.graph.tensors().values() if isinstance(t, gs.Variable)]
@@ -287,6 +303,27 @@ class _Analyzer:
 
     def slot(self, node: gs.Node, index: int, axis: int, ids: np.ndarray, kind: str) -> None:
         self.cg.slots.append(Slot(node, index, axis, np.asarray(ids), kind))
+
+
+def _run_values(model: Model, names: list[str], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Values of ``names`` from one onnxruntime run on zero inputs of the analysis shapes ({} when it fails)."""
+    from onnxcomp.runtime import session
+
+    if not names:
+        return {}
+    proto = model.to_proto()
+    present = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
+    feed = {}
+    for vi in proto.graph.input:
+        if vi.name in shapes:
+            elem = vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
+            feed[vi.name] = np.zeros(shapes[vi.name], dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
+    try:
+        out = session(proto, optimize=False).run(list(dict.fromkeys(names)), feed)
+    except Exception:  # noqa: BLE001 - onnxruntime cannot run it here: the Slices stay locked, with their reason
+        return {}
+    return dict(zip(dict.fromkeys(names), out))
 
 
 def _rank_axis(axis: int, rank: int) -> int:
@@ -541,11 +578,13 @@ def _slice(a: _Analyzer, node: gs.Node) -> str | None:
     if space is None:
         return None
     shape = a.shape(x)
-    consts = [constant_value(t) if i < len(node.inputs) and node.inputs[i].name else None
-              for i, t in enumerate(list(node.inputs) + [None] * 5) if 1 <= i <= 4]
-    starts, ends, axes, steps = consts
-    if starts is None or ends is None:
-        return "non-constant starts/ends"
+    inputs = [node.inputs[i] if i < len(node.inputs) and node.inputs[i].name else None for i in range(1, 5)]
+    starts, ends, axes, steps = (constant_value(t) if t is not None else None for t in inputs)
+    computed = starts is None or ends is None
+    if computed:  # bounds computed at run time (torch.chunk on a dynamic batch): their values at these shapes
+        starts, ends = (a.evaluate(t) for t in inputs[:2])
+        if starts is None or ends is None:
+            return "starts/ends that cannot be evaluated"
     axes = np.arange(len(starts)) if axes is None else axes
     steps = np.ones(len(starts), np.int64) if steps is None else steps
     cut = None
@@ -556,11 +595,32 @@ def _slice(a: _Analyzer, node: gs.Node) -> str | None:
                 return "slices the channel axis with a step or a multi-axis space"
             cut = slice(*slice(int(s), int(e)).indices(shape[ax]))
     ids = space.ids if cut is None else space.ids[cut]
-    if cut is not None:
+    if cut is not None and computed:
+        a.computed_slices.setdefault(x.name, []).append((node, cut))
+    elif cut is not None:
         a.cg.fixups.append(Fixup(node, "slice", x.name, {"axis": space.axes[0], "start": cut.start,
                                                           "stop": cut.stop, "rank": len(shape)}))
     a.set(node.outputs[0], space.axes, ids)
     return None
+
+
+def _tie_computed_slices(a: _Analyzer) -> None:
+    """Slices whose bounds are computed from the run-time channel count follow a removal only as an equal split
+    (``torch.chunk``): the parts must partition the channels into equal consecutive ranges, and they lose the
+    same positions (part i's j-th channel is tied to part 0's), so that the split of the pruned tensor computes
+    the same parts. Anything else locks."""
+    for name, parts in a.computed_slices.items():
+        ids = a.cg.spaces[name].ids
+        cuts = sorted((c.start, c.stop) for _, c in parts)
+        size = cuts[0][1] - cuts[0][0]
+        equal = (cuts[0][0] == 0 and cuts[-1][1] == len(ids) and size > 0
+                 and all(b - s == size and s == cuts[0][0] + i * size for i, (s, b) in enumerate(cuts)))
+        if not equal:
+            a.cg.lock(ids, f"Slice '{node_label(parts[0][0])}': bounds computed at run time that are not an equal "
+                           "split of the channels")
+            continue
+        for s, _ in cuts[1:]:
+            a.cg.union(ids[:size], ids[s:s + size])
 
 
 def _transpose(a: _Analyzer, node: gs.Node) -> str | None:

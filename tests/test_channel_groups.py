@@ -296,8 +296,8 @@ def test_view_batch_minus_one_follows_the_removal() -> None:
 def test_pytorch_export_patterns() -> None:
     """PyTorch's own export (models/torch_patterns.py): SE gating, hardswish, BatchNorm, residual Adds, a channel
     shuffle with shapes computed at run time, ``torch.chunk`` as Slices with computed bounds, ``view(n, -1)`` and a
-    second output reading the residual stream. What can follow a removal prunes equal to zeroed; the rest locks
-    with its reason."""
+    second output reading the residual stream. All of it prunes equal to zeroed, except the stream the second
+    output reads."""
     path = paths.model_path("torch_patterns")
     reference, pruned = Model.load(path), Model.load(path)
     given = {"x": (1, 3, 32, 32)}
@@ -308,7 +308,8 @@ def test_pytorch_export_patterns() -> None:
     by_source = {s: g for g in graphs[1].groups for s in g.sources}
     assert by_source["/b1/se/fc2/Conv"].locked is None  # SE gate tied to the block's expansion channels
     assert by_source["/left/Conv"] is by_source["/right/Conv"] and by_source["/left/Conv"].locked is None  # shuffle
-    assert "Slice" in by_source["/down/Conv"].locked  # chunk's bounds are computed: they would not follow
+    chunked = by_source["/down/Conv"]  # torch.chunk(2): Slice bounds computed from the run-time channel count
+    assert chunked.locked is None and chunked.size == 16  # the halves lose the same positions: 32 channels, 16 atoms
     assert by_source["/stem/Conv"].locked == "graph output 'feat'"
     removed = _half_of_every_group(graphs[1])
     _zeroed(reference, graphs[0], removed)
