@@ -86,7 +86,7 @@ class Fixup:
     """An op attribute or constant input that counts channels; rewritten after removal."""
 
     node: gs.Node
-    kind: str  # 'depthwise', 'split', 'slice', 'reshape', 'resize'
+    kind: str  # 'depthwise', 'split', 'slice', 'reshape', 'shape_part' (a constant in a computed shape), 'resize'
     tensor: str  # the tensor whose channels it counts
     data: dict = field(default_factory=dict)
 
@@ -658,8 +658,14 @@ def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
         return "moves channels into the batch axis"
     index = tuple(slice(None) if i in varying else 0 for i in range(len(s_out)))
     ids = mapped[index]
-    if computed and not _follows_removal(a, node.inputs[1], varying[-1]):
-        return "shape computed with a hard-coded channel count"
+    if computed:
+        follows = _follows_removal(a, node.inputs[1], varying[-1])
+        if follows is None:
+            return "shape computed at run time in a way that cannot follow a removal"
+        if follows:  # a constant count inside the computed shape: rewritten after removal
+            part, offset = follows
+            a.cg.fixups.append(Fixup(node, "shape_part", x.name, {"part": part, "offset": offset,
+                                                                   "axis_index": len(varying) - 1}))
     if len(varying) > 1:  # removal along the innermost axis only: tie the outer positions
         inner = ids.reshape(-1, ids.shape[-1])
         for j in range(inner.shape[1]):
@@ -670,23 +676,26 @@ def _reshape(a: _Analyzer, node: gs.Node) -> str | None:
     return None
 
 
-def _follows_removal(a: _Analyzer, shape: gs.Tensor, axis: int) -> bool:
-    """Whether a Reshape shape computed at run time adapts to fewer channels by itself: a Concat whose entry at
-    the axis channels are removed along is -1 or itself computed at run time (PyTorch's ``x.view(n, -1)`` or
-    ``x.view(n, g, c // g, h, w)`` with ``n, c, h, w = x.shape``). A constant count there would not follow."""
+def _follows_removal(a: _Analyzer, shape: gs.Tensor, axis: int) -> tuple[gs.Tensor, int] | tuple[()] | None:
+    """How a Reshape shape computed at run time (a Concat of parts) follows a removal along ``axis``: ``()`` when
+    its entry there is -1 or itself computed (PyTorch's ``x.view(n, -1)``, ``x.view(n, g, c // g, h, w)`` with
+    ``n, c, h, w = x.shape``); ``(part, offset)`` when it is a constant to rewrite (Paddle's ``[N, 200]`` heads);
+    None when the shape is not such a Concat."""
     producer = shape.inputs[0] if len(shape.inputs) == 1 else None
     if producer is None or not is_standard(producer, "Concat"):
-        return False
+        return None
     at = 0
     for part in producer.inputs:
         value = constant_value(part)
         size = value.size if value is not None else int(np.prod(a.shape(part) or (0,)))
         if size == 0:
-            return False
-        if at <= axis < at + size and value is not None and value.ravel()[axis - at] != -1:
-            return False
+            return None
+        if at <= axis < at + size:
+            if value is None or value.ravel()[axis - at] == -1:
+                return ()
+            return (part, axis - at) if len(part.outputs) == 1 else None  # a shared constant stays as it is
         at += size
-    return at > axis
+    return None
 
 
 def _reduce(a: _Analyzer, node: gs.Node) -> str | None:

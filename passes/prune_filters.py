@@ -377,6 +377,21 @@ def _fix_reshape(f, cg, keep, names) -> None:
         _set_input(node, 1, new, names)
 
 
+def _fix_shape_part(f, cg, keep, names) -> None:
+    """A constant entry of a Reshape shape built by a Concat at run time: the new count along the pruned axis."""
+    out = cg.spaces[f.node.outputs[0].name]
+    kept = keep[out.ids]
+    k = f.data["axis_index"]
+    other = tuple(i for i in range(kept.ndim) if i != k)
+    count = int(kept.any(axis=other).sum()) if other else int(kept.sum())
+    part = f.data["part"]
+    concat = part.outputs[0]
+    value = constant_value(part).copy()
+    value.reshape(-1)[f.data["offset"]] = count
+    index = next(i for i, t in enumerate(concat.inputs) if t is part)
+    _set_input(concat, index, value, names)
+
+
 def _fix_resize(f, cg, keep, names) -> None:
     node = f.node
     sizes = constant_value(node.inputs[3]).astype(np.int64).copy()
@@ -386,7 +401,7 @@ def _fix_resize(f, cg, keep, names) -> None:
 
 
 _FIXUPS = {"depthwise": _fix_depthwise, "split": _fix_split, "slice": _fix_slice, "reshape": _fix_reshape,
-           "resize": _fix_resize}
+           "shape_part": _fix_shape_part, "resize": _fix_resize}
 
 
 def _insert_maps(model: Model, cg: ChannelGraph, keep: np.ndarray, names: set[str]) -> list:
