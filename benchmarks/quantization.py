@@ -88,7 +88,7 @@ from onnxcomp.runtime import session, session_options, unpack  # noqa: E402
 MODELS = ("rescnn", "lenet", "vgg", "concat", "ppocr-det", "ppocr-rec", "ppocr-cls", "mobilenetv2")
 TRAINED = {"rescnn": "mnist_rescnn", "lenet": "mnist_lenet300", "vgg": "mnist_vgg", "concat": "digits_concat"}
 CNNS = ("rescnn", "vgg", "concat")  # the bundled CNNs of the W4 target (LeNet-300 is an MLP)
-METHODS = ("minmax", "entropy", "mse", "percentile")
+METHODS = ("minmax", "entropy", "mse", "percentile", "auto")
 QUICK_METHODS = ("mse", "entropy")
 DET_THRESH = 0.3  # rapidocr DB postprocess thresh
 # Kernels of onnxruntime's optimized graph: integer ones, and float ones that carry layer weights.

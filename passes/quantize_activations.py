@@ -3,7 +3,8 @@
 W8A8 is ``[cleanup..., quantize_weights (bits 8, per_channel, symmetric, min_elements 0), quantize_activations]``:
 weights arrive as integer initializers behind a ``DequantizeLinear``; this pass measures activation ranges on the
 calibration data (one streaming pass, :func:`onnxcomp.stats.collect_stats`; the methods, ``mse`` by default, are
-:mod:`onnxcomp.act_ranges`'s) and inserts ``x -> Q -> DQ -> consumers`` on the tensors the target's integer
+:mod:`onnxcomp.act_ranges`'s; ``auto`` builds the Q/DQ model with each and keeps the one with the best output
+SQNR on the calibration data) and inserts ``x -> Q -> DQ -> consumers`` on the tensors the target's integer
 kernels need, plus int32 biases. A layer whose weight is still float stays float (its reason is in ``skipped``).
 
 Placement, ``target: onnxruntime`` (the CPU QDQ selectors of onnxruntime's graph optimizer: a node group
@@ -60,6 +61,7 @@ float or not quantized, with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -72,6 +74,7 @@ import onnx_graphsurgeon as gs
 from onnxcomp import act_ranges
 from onnxcomp.act_ranges import INT8_SYMMETRIC, METHODS, UINT8_ASYMMETRIC, Grid
 from onnxcomp.errors import PassError
+from onnxcomp.fidelity import compare
 from onnxcomp.graph_edit import is_graph_output, is_standard, node_label, tensor_names, unique_name
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
@@ -91,7 +94,7 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 @dataclass(frozen=True)
 class QuantizeActivationsConfig:
-    method: Literal["minmax", "percentile", "entropy", "mse"] = "mse"
+    method: Literal["minmax", "percentile", "entropy", "mse", "auto"] = "mse"  # auto: measured, see _choose
     percentile: float = 99.99  # for method percentile
     activation_dtype: Literal["auto", "uint8", "int8"] = "auto"  # auto: uint8 asymmetric, int8 for tensorrt
     target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -102,7 +105,7 @@ class QuantizeActivationsConfig:
     bins: int = 2048  # histogram bins per sign
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, METHODS + ("auto",))
         _check_choice("activation_dtype", self.activation_dtype, ("auto", "uint8", "int8"))
         _check_choice("target", self.target, ("onnxruntime", "tensorrt"))
         if (
@@ -200,18 +203,42 @@ class QuantizeActivations(Pass):
         stats = collect_stats(
             model, roots, ctx.calibration, channels=False, bins=cfg.bins, max_batch_bytes=_CAPTURE_BYTES
         )
-        _Inserter(model, self._params(plan, stats, result), cfg.grid).apply(plan, result)
+        chosen = ""
+        if cfg.method == "auto":
+            cfg, chosen = self._choose(model, ctx, stats)
+        _Inserter(model, self._params(plan, stats, result, cfg), cfg.grid).apply(plan, result)
         result.modified = True
         biases = sum(1 for r in result.records if r["kind"] == "bias")
         result.summary = (
-            f"{len(plan.entries)} activations quantized ({cfg.method}, {cfg.grid.dtype.name}, "
+            f"{len(plan.entries)} activations quantized ({cfg.method}{chosen}, {cfg.grid.dtype.name}, "
             f"{cfg.target}), {biases} int32 biases, {len(kept)} nodes kept float"
         )
         return result
 
-    def _params(self, plan: _Plan, stats: dict[str, RunningStats], result: PassResult) -> dict[str, tuple]:
+    def _choose(self, model: Model, ctx: PassContext, stats: dict[str, RunningStats],
+                ) -> tuple[QuantizeActivationsConfig, str]:
+        """``method: auto``: the range method whose Q/DQ model is closest to this pass's input on the calibration
+        data (total output SQNR; the first of :data:`METHODS` among equals). Which method wins depends on the
+        model (PP-OCRv4 cls: minmax; heavy-tailed activations: mse or percentile), so it is measured, once, on
+        copies; the statistics are collected once for all."""
+        reference = model.to_proto()
+        scores = {}
+        for method in METHODS:
+            cfg = dataclasses.replace(self.config, method=method)
+            candidate, scratch = model.copy(), PassResult(modified=False)
+            planner = _Planner(candidate, cfg, _kept_float(candidate.graph, cfg, scratch), scratch)
+            plan = planner.tensorrt() if cfg.target == "tensorrt" else planner.onnxruntime()
+            _Inserter(candidate, self._params(plan, stats, scratch, cfg), cfg.grid).apply(plan, scratch)
+            report = compare(reference, candidate.to_proto(), ctx.calibration)
+            scores[method] = sum(min(o.sqnr_db, 200.0) for o in report.outputs)
+        best = max(METHODS, key=lambda m: (scores[m], -METHODS.index(m)))
+        listed = ", ".join(f"{m} {scores[m]:.1f} dB" for m in METHODS)
+        return dataclasses.replace(self.config, method=best), f" chosen by output SQNR: {listed}"
+
+    def _params(self, plan: _Plan, stats: dict[str, RunningStats], result: PassResult,
+                cfg: QuantizeActivationsConfig | None = None) -> dict[str, tuple]:
         """Scale and zero point of every planned tensor (shared ones take their root's), with the records."""
-        cfg = self.config
+        cfg = cfg or self.config
         params = {}
         for entry in plan.entries.values():
             if entry.share is None:

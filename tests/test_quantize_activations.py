@@ -367,3 +367,20 @@ def test_depthwise_mobilenetv2_does_not_collapse(tmp_path) -> None:
     theirs = _cosine(ref, run_ort(onnx.load(str(tmp_path / "ort.onnx")), {"input": x})[0])
     assert ours > 0.9 and ours >= theirs - 0.01, (ours, theirs)  # measured 0.947 vs 0.938 (random weights)
     assert "Conv" not in _optimized_ops(model.to_proto(), tmp_path)  # depthwise convs run in integers too
+
+
+def test_auto_method_keeps_the_best_measured() -> None:
+    """``method: auto`` builds the Q/DQ model with every range method and keeps the best output SQNR on the
+    calibration data: the result equals running that method directly, and no method scored higher."""
+    import re
+
+    proto_in = _quantize_weights(_resnetish())
+    data = _calib(proto_in, (2, 3, 8, 8), n=6)
+    auto, result = _run_pass(proto_in, data, method="auto")
+    scores = dict(re.findall(r"(\w+) (-?[\d.]+) dB", result.summary))
+    assert set(scores) == {"minmax", "percentile", "entropy", "mse"}
+    chosen = result.summary.split("(")[1].split(" chosen")[0]
+    assert float(scores[chosen]) == max(float(v) for v in scores.values())
+    direct, _ = _run_pass(proto_in, data, method=chosen)
+    feed = {"x": np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run_ort(auto, feed)[0], run_ort(direct, feed)[0])
