@@ -216,6 +216,16 @@ _CASES = {
                                       _node("Gemm", ["g", "fc"], ["y"], transB=0)],
                                      {"w1": _w(8, 4, 1, 1), "dw": _w(16, 1, 3, 3), "m": _w(16, 12),
                                       "b": _w(12), "fc": _w(12, 5)}),
+    # Keras/tf2onnx style: NHWC around an NCHW conv, flattened channels-last into a MatMul + bias
+    "nhwc_flatten": ([_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+                      _node("Conv", ["xt", "w1"], ["h"], kernel_shape=[1, 1]),
+                      _node("Relu", ["h"], ["r"]),
+                      _node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
+                      _node("Reshape", ["t", "shape"], ["f"]),
+                      _node("MatMul", ["f", "m"], ["mm"]),
+                      _node("Add", ["mm", "b"], ["y"])],
+                     {"w1": _w(8, 8, 1, 1), "shape": np.array([-1, 4 * 8 * 8], _i64), "m": _w(4 * 8 * 8, 5),
+                      "b": _w(5)}),
     # opset-11 Split with the sizes as an attribute, a Concat of the halves in swapped order
     "split_attribute": ([_node("Conv", ["x", "w1"], ["h"], kernel_shape=[1, 1]),
                          _node("Split", ["h"], ["s1", "s2"], axis=1, split=[3, 5]),
