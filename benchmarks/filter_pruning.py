@@ -56,7 +56,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +65,7 @@ from onnxcomp.passes.eliminate_dead import EliminateDead  # noqa: E402
 from onnxcomp.passes.eliminate_identity import EliminateIdentity  # noqa: E402
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
 from onnxcomp.passes.fold_constants import FoldConstants  # noqa: E402
-from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, _Planner  # noqa: E402
+from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, _Planner, zero_removal  # noqa: E402
 
 from models import builders, paths  # noqa: E402
 from onnxcomp.bench import benchmark  # noqa: E402
@@ -77,7 +76,6 @@ from onnxcomp.cost import tensor_shapes, total_macs  # noqa: E402
 from onnxcomp.model import Model  # noqa: E402
 from onnxcomp.pipeline import PassContext  # noqa: E402
 from onnxcomp.runtime import session  # noqa: E402
-from onnxcomp.weights import constant_value  # noqa: E402
 
 TRAINED = {"rescnn": "mnist_rescnn", "vgg": "mnist_vgg", "concat": "digits_concat", "lenet": "mnist_lenet300"}
 ALL_CRITERIA_ON = "rescnn"  # the bundled model with BatchNorms and residual Adds
@@ -307,23 +305,12 @@ CHECK_HEADER = ["model", "prunable groups", "channels removed", "MACs", "params"
 
 
 def zeroed(model: Model, cfg: FilterPruneConfig) -> tuple[Model, int, int]:
-    """``model`` with the channels the pass would remove zeroed in every consumer (the analysis' 'in' slots);
-    (that model, prunable groups, atoms removed)."""
+    """``model`` with the channels the pass would remove zeroed (``prune_filters.zero_removal``); (that model,
+    prunable groups, atoms removed)."""
     shapes = tensor_shapes(model)
     cg = analyze(model, cfg.align, shapes, cfg.exclude)
     removed = _Planner(cg, importance(cg, cfg.criterion), cfg).removed(cfg.ratio)
-    keep = cg.keep_mask(removed)
-    for s in cg.slots:
-        if s.kind != "in":
-            continue
-        gone = ~keep[s.ids]
-        if not gone.any():
-            continue
-        value = constant_value(s.node.inputs[s.input]).copy()
-        index = [slice(None)] * value.ndim
-        index[s.axis] = gone
-        value[tuple(index)] = 0
-        s.node.inputs[s.input] = gs.Constant(f"{s.node.inputs[s.input].name}_zeroed", value)
+    zero_removal(model, cg, removed)
     return model, sum(1 for g in cg.groups if g.locked is None), len(removed)
 
 

@@ -22,7 +22,8 @@ Rules (anything not listed locks the channels it touches, with the reason):
   and is recorded as an :class:`Alignment` that the pruning pass repairs with a least-squares map;
 - Conv/ConvTranspose: group 1 (out rows / in columns), depthwise (output channels are the input's, times the
   channel multiplier); other grouped convs lock;
-- Gemm (transA=0, constant B), MatMul with a constant 2-D right operand (channels on the last axis);
+- Gemm (transA=0, constant B), MatMul with a constant 2-D right operand (channels on the last axis); MatMul of
+  two activations (attention): the contracted channels of ``q`` and ``k`` are unioned, ``scores @ v`` keeps v's;
 - Concat on the channel axis (offsets) or another axis (inputs unioned); Split and Slice (step 1) on the channel
   axis (offsets) or another axis;
 - Reshape / Flatten / Squeeze / Unsqueeze and Transpose: the element map is computed from the tensor shapes, so
@@ -508,6 +509,8 @@ def _matmul(a: _Analyzer, node: gs.Node) -> str | None:
     x, w = node.inputs
     wv = constant_value(w)
     shape = a.shape(x)
+    if wv is None and not is_constant(x):
+        return _matmul_activations(a, node)
     if wv is None or wv.ndim != 2 or shape is None or is_constant(x):
         return "needs an activation times a constant 2-D matrix"
     rank = len(shape)
@@ -516,6 +519,48 @@ def _matmul(a: _Analyzer, node: gs.Node) -> str | None:
     out_ids = a.cg.new((wv.shape[1],))
     a.slot(node, 1, 1, out_ids, "out")
     a.set(node.outputs[0], (rank - 1,), out_ids)
+    return None
+
+
+def _matmul_activations(a: _Analyzer, node: gs.Node) -> str | None:
+    """Activation times activation (attention): ``scores = q @ k^T`` contracts q's last axis with k^T's
+    second-to-last, so those channels are unioned (q and k lose the same positions of every head) and the scores
+    carry none; ``out = scores @ v`` keeps v's channels (its last axis and any head axis) in place. Tracked
+    channels on the batch-like axes of both operands (the head axis) are unioned too."""
+    x, y, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    sx, sy, so = a.shape(x), a.shape(y), a.shape(out)
+    if sx is None or sy is None or so is None or len(sx) < 2 or len(sy) < 2:
+        return "activation MatMul with unknown or 1-D shapes"
+    px, py = a.space(x), a.space(y)
+    rank = len(so)
+    ox, oy = rank - len(sx), rank - len(sy)  # right-aligned batch axes
+    cx, cy = len(sx) - 1, len(sy) - 2  # the contracted axes
+    if px is not None and len(px.axes) > 2 or py is not None and len(py.axes) > 2:
+        return "activation MatMul over a channel space of more than two axes"
+    contracted = (px is not None and cx in px.axes, py is not None and cy in py.axes)
+    if contracted[0] != contracted[1]:
+        return "contracts tracked channels with untracked ones"
+    if contracted[0]:
+        # q @ k^T: the same axes must line up: (head axis, contracted axis) on both, same shapes
+        batch_x = [ax + ox for ax in px.axes if ax != cx]
+        batch_y = [ax + oy for ax in py.axes if ax != cy]
+        if batch_x != batch_y or px.ids.shape != py.ids.shape:
+            return "contracted channels that do not line up"
+        a.cg.union(px.ids, py.ids)
+        return None
+    out_axes, out_ids = [], None
+    for p, off, row in ((px, ox, len(sx) - 2), (py, oy, None)):
+        if p is None:
+            continue
+        moved = tuple(ax + off if ax != row else rank - 2 for ax in p.axes)
+        if out_ids is None:
+            out_axes, out_ids = list(moved), p.ids
+        elif moved == tuple(out_axes) and p.ids.shape == out_ids.shape:
+            a.cg.union(out_ids, p.ids)
+        else:
+            return "both operands carry channels on different axes"
+    if out_ids is not None:
+        a.set(out, tuple(out_axes), out_ids)
     return None
 
 

@@ -321,6 +321,28 @@ def apply_removal(model: Model, cg: ChannelGraph, removed: set[int]) -> list:
     return maps
 
 
+def zero_removal(model: Model, cg: ChannelGraph, removed: set[int]) -> None:
+    """What :func:`apply_removal` must equal: ``model`` (the one ``cg`` was computed on) with the removed channels'
+    contributions zeroed instead of cut out. Every consumer column reading them is zeroed; channels no weight
+    reads (attention's q and k, contracted with each other) are zeroed where they are made, in their producer
+    rows and per-channel constants. Used to prove the index bookkeeping (tests, benchmarks/filter_pruning.py)."""
+    keep = cg.keep_mask(removed)
+    names = tensor_names(model.graphs())
+    read = {int(r) for s in cg.slots if s.kind == "in" for r in cg.atoms(s.ids).ravel()}
+    for s in cg.slots:
+        gone = ~keep[s.ids]
+        if not gone.any():
+            continue
+        if s.kind != "in" and (s.node.op == "BatchNormalization"
+                               or all(int(r) in read for r in cg.atoms(s.ids).ravel())):
+            continue
+        value = constant_value(s.node.inputs[s.input]).copy()
+        index = [slice(None)] * value.ndim
+        index[s.axis] = gone
+        value[tuple(index)] = 0
+        _set_input(s.node, s.input, value, names)
+
+
 def _set_input(node: gs.Node, index: int, value: np.ndarray, names: set[str]) -> None:
     """Give ``node`` its own constant for input ``index`` (shared constants are never edited in place)."""
     old = node.inputs[index]
@@ -479,4 +501,4 @@ def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int],
     return errors
 
 
-__all__ = ["FilterPruneConfig", "PruneFilters", "apply_removal"]
+__all__ = ["FilterPruneConfig", "PruneFilters", "apply_removal", "zero_removal"]

@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 from click.testing import CliRunner
 from onnxcomp.passes.fold_constants import FoldConstants
-from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, apply_removal
+from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, apply_removal, zero_removal
 
 from models import builders, paths, ppocr
 from onnxcomp.calibration import CalibrationData
@@ -20,7 +19,6 @@ from onnxcomp.cli import cli
 from onnxcomp.cost import tensor_shapes
 from onnxcomp.model import Model
 from onnxcomp.pipeline import PassContext
-from onnxcomp.weights import constant_value
 from tests.conftest import rel_err, run_ort
 
 
@@ -35,16 +33,7 @@ def _half_of_every_group(cg, seed: int = 0) -> set[int]:
 
 
 def _zeroed(model: Model, cg, removed: set[int]) -> None:
-    """The original graph with the removed channels' contributions zeroed: every consumer column reading them."""
-    keep = cg.keep_mask(removed)
-    for s in cg.slots:
-        if s.kind != "in":
-            continue
-        value = constant_value(s.node.inputs[s.input]).copy()
-        index = [slice(None)] * value.ndim
-        index[s.axis] = ~keep[s.ids]
-        value[tuple(index)] = 0
-        s.node.inputs[s.input] = gs.Constant(s.node.inputs[s.input].name + "_zeroed", value)
+    zero_removal(model, cg, removed)
 
 
 @pytest.mark.parametrize("name", sorted(builders.BUILDERS))
