@@ -633,13 +633,22 @@ def _slice(a: _Analyzer, node: gs.Node) -> str | None:
     axes = np.arange(len(starts)) if axes is None else axes
     steps = np.ones(len(starts), np.int64) if steps is None else steps
     cut = None
+    ids = space.ids
     for s, e, ax, st in zip(starts, ends, axes, steps):
         ax = _rank_axis(int(ax), len(shape))
-        if ax in space.axes:
-            if space.axes != (ax,) or st != 1:
-                return "slices the channel axis with a step or a multi-axis space"
+        if ax in space.axes and len(space.axes) > 1:
+            # an outer axis of a multi-axis space (qkv packed as [.., 3, heads, head_dim]): nothing is removed
+            # along it when its positions are tied, so any slice of it stays valid
+            k = space.axes.index(ax)
+            roots = a.cg.atoms(ids)
+            if not np.array_equal(roots, np.broadcast_to(roots.take([0], axis=k), roots.shape)):
+                return "slices an axis channels are removed along, in a multi-axis space"
+            ids = np.take(ids, np.arange(*slice(int(s), int(e), int(st)).indices(shape[ax])), axis=k)
+        elif ax in space.axes:
+            if st != 1:
+                return "slices the channel axis with a step"
             cut = slice(*slice(int(s), int(e)).indices(shape[ax]))
-    ids = space.ids if cut is None else space.ids[cut]
+    ids = ids if cut is None else ids[cut]
     if cut is not None and computed:
         a.computed_slices.setdefault(x.name, []).append((node, cut))
     elif cut is not None:

@@ -322,19 +322,16 @@ def apply_removal(model: Model, cg: ChannelGraph, removed: set[int]) -> list:
 
 
 def zero_removal(model: Model, cg: ChannelGraph, removed: set[int]) -> None:
-    """What :func:`apply_removal` must equal: ``model`` (the one ``cg`` was computed on) with the removed channels'
-    contributions zeroed instead of cut out. Every consumer column reading them is zeroed; channels no weight
-    reads (attention's q and k, contracted with each other) are zeroed where they are made, in their producer
-    rows and per-channel constants. Used to prove the index bookkeeping (tests, benchmarks/filter_pruning.py)."""
+    """What :func:`apply_removal` must equal: ``model`` (the one ``cg`` was computed on) with the removed channels
+    zeroed instead of cut out, at every slot: consumer columns, producer rows and biases, per-channel constants
+    (divisors and exponents excepted). A removed channel is then exactly 0 wherever it is made and ignored wherever
+    it is read, which also covers channels no weight reads (attention's q and k, contracted with each other).
+    Used to prove the index bookkeeping (tests, benchmarks/filter_pruning.py)."""
     keep = cg.keep_mask(removed)
     names = tensor_names(model.graphs())
-    read = {int(r) for s in cg.slots if s.kind == "in" for r in cg.atoms(s.ids).ravel()}
     for s in cg.slots:
         gone = ~keep[s.ids]
-        if not gone.any():
-            continue
-        if s.kind != "in" and (s.node.op == "BatchNormalization"
-                               or all(int(r) in read for r in cg.atoms(s.ids).ravel())):
+        if not gone.any() or s.node.op in ("Div", "Pow"):
             continue
         value = constant_value(s.node.inputs[s.input]).copy()
         index = [slice(None)] * value.ndim

@@ -315,3 +315,21 @@ def test_pytorch_export_patterns() -> None:
     feed = {"x": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
     for a, b in zip(run_ort(reference.to_proto(), feed), run_ort(pruned.to_proto(), feed)):
         assert rel_err(a, b) < 1e-5
+
+
+def test_packed_qkv_attention_of_ppocr_rec() -> None:
+    """PP-OCRv4 rec's SVTR neck packs q, k, v in one Linear ([.., 3, heads, head_dim]), slices the 3 axis and
+    contracts q with k: the head_dim positions prune (tied across q, k, v and heads) and the result equals the
+    zeroed original up to float rounding."""
+    reference, pruned = (Model.load(ppocr.model_paths()["rec"]) for _ in range(2))
+    given = {"x": (1, 3, 48, 160)}
+    graphs = []
+    for model in (reference, pruned):
+        FoldConstants().run(model, PassContext())
+        graphs.append(analyze(model, "strict", tensor_shapes(model, shapes=given)))
+    assert not any(g.locked and "Slice" in g.locked for g in graphs[1].groups)
+    removed = _half_of_every_group(graphs[1])
+    _zeroed(reference, graphs[0], removed)
+    apply_removal(pruned, graphs[1], removed)
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 3, 48, 160)).astype(np.float32)}
+    assert rel_err(run_ort(reference.to_proto(), feed)[0], run_ort(pruned.to_proto(), feed)[0]) < 1e-3
