@@ -103,14 +103,16 @@ class PruneFilters(Pass):
             return result
         scores = importance(cg, cfg.criterion, ctx.calibration)
         planner = _Planner(cg, scores, cfg)
-        costs = {c.node: c.macs for c in node_macs if c.op in HEAVY_OPS}
+        # keyed by node, not by name: repair names unnamed layers before the MACs after are counted
+        costs = {id(n): c.macs for n, c in zip(model.graph.nodes, node_macs) if c.op in HEAVY_OPS}
         if cfg.target == "ratio":
             removed = planner.removed(cfg.ratio)
         elif cfg.target == "flops":
             removed = planner.search(lambda r: 1.0 - _macs_after(cg, r, costs) / max(sum(costs.values()), 1),
                                      cfg.flops, refine=True)
         else:
-            removed = planner.search(lambda r: _speedup(model, r, ctx, cfg, shapes), cfg.speedup)
+            with _LatencyProbe(model, ctx, cfg, shapes) as probe:
+                removed = planner.search(probe.speedup, cfg.speedup)
         if not removed:
             result.summary = "nothing to remove at this ratio"
             return result
@@ -255,42 +257,52 @@ class _Planner:
         return removed
 
 
-def _macs_after(cg: ChannelGraph, removed: set[int], costs: dict[str, int]) -> int:
-    """MACs of the weighted layers after removing ``removed``: each scales with its kept input and output
-    positions (exact for Conv/Gemm/MatMul; depthwise convs scale with their channels)."""
+def _macs_after(cg: ChannelGraph, removed: set[int], costs: dict[int, int]) -> int:
+    """MACs of the weighted layers (``costs``: id(node) -> MACs) after removing ``removed``: each scales with its
+    kept input and output positions (exact for Conv/Gemm/MatMul; depthwise convs scale with their channels)."""
     keep = cg.keep_mask(removed)
-    frac: dict[str, float] = {}
+    frac: dict[int, float] = {}
     for s in cg.slots:
         if s.input != 1 or s.kind not in ("in", "out"):
             continue
-        label = node_label(s.node)
-        frac[label] = frac.get(label, 1.0) * float(keep[s.ids].mean())
+        frac[id(s.node)] = frac.get(id(s.node), 1.0) * float(keep[s.ids].mean())
     maps = 0  # the 1x1 maps independent alignment inserts: positions x kept source x kept destination channels
     for al in cg.alignments:
         src, dst = cg.spaces[al.source].ids, cg.spaces[al.node.outputs[0].name].ids
         if not np.array_equal(np.flatnonzero(keep[src]), np.flatnonzero(keep[dst])):
             positions = int(np.prod(cg.shapes[al.source])) // src.size
             maps += positions * int(keep[src].sum()) * int(keep[dst].sum())
-    return int(sum(m * frac.get(name, 1.0) for name, m in costs.items())) + maps
+    return int(sum(m * frac.get(key, 1.0) for key, m in costs.items())) + maps
 
 
-def _speedup(model: Model, removed: set[int], ctx: PassContext, cfg: FilterPruneConfig,
-             shapes: dict[str, tuple[int, ...]]) -> float:
-    """Measured onnxruntime speedup (batch 1, interleaved medians) of removing ``removed``. The copy is analysed
-    again; the analysis is deterministic, so atoms are numbered as in the original."""
-    candidate = model.copy()
-    apply_removal(candidate, analyze(candidate, cfg.align, shapes, cfg.exclude), removed)
-    with tempfile.TemporaryDirectory() as tmp:
-        a, b = Path(tmp, "a.onnx"), Path(tmp, "b.onnx")
-        model.save(a)
-        candidate.save(b)
+class _LatencyProbe:
+    """Measured onnxruntime speedups (batch 1, interleaved medians) of candidate removals against the model as it
+    is; the baseline file and the feed are made once for the whole search."""
+
+    def __init__(self, model: Model, ctx: PassContext, cfg: FilterPruneConfig, shapes: dict[str, tuple[int, ...]]):
+        self.model, self.cfg, self.shapes = model, cfg, shapes
         if ctx.calibration is not None:
-            feed = {k: v[:1] for k, v in next(iter(ctx.calibration)).items()}
+            self.feed = {k: v[:1] for k, v in next(iter(ctx.calibration)).items()}
         else:
             rng = np.random.default_rng(ctx.seed)
-            feed = {t.name: rng.standard_normal(shapes[t.name]).astype(np.float32) for t in model.graph.inputs}
-        rows = benchmark([str(a), str(b)], feed, rounds=15, warmup=2)
-    return rows[1].speedup
+            self.feed = {t.name: rng.standard_normal(shapes[t.name]).astype(np.float32) for t in model.graph.inputs}
+
+    def __enter__(self) -> _LatencyProbe:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.baseline = Path(self._tmp.name, "baseline.onnx")
+        self.model.save(self.baseline)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    def speedup(self, removed: set[int]) -> float:
+        """The copy is analysed again; the analysis is deterministic, so atoms are numbered as in the original."""
+        candidate = self.model.copy()
+        apply_removal(candidate, analyze(candidate, self.cfg.align, self.shapes, self.cfg.exclude), removed)
+        path = Path(self._tmp.name, "candidate.onnx")
+        candidate.save(path)
+        return benchmark([str(self.baseline), str(path)], self.feed, rounds=15, warmup=2)[1].speedup
 
 
 def apply_removal(model: Model, cg: ChannelGraph, removed: set[int]) -> list:
@@ -461,11 +473,8 @@ def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int],
             ctx: PassContext, damp: float) -> dict[str, tuple[float, float]]:
     """Least-squares repair in graph order: inserted maps and every consumer whose input lost channels."""
     keep = cg.keep_mask(removed)
-    changed_in: dict[str, tuple] = {}
-    for s in cg.slots:
-        if s.kind == "in" and s.input == 1 and not keep[s.ids].all():
-            changed_in[node_label(s.node)] = None
-    rows_cols: dict[str, dict] = {}
+    changed_in = {id(s.node) for s in cg.slots if s.kind == "in" and s.input == 1 and not keep[s.ids].all()}
+    rows_cols: dict[int, dict] = {}
     for s in cg.slots:
         if s.input != 1 or s.kind not in ("in", "out"):
             continue
@@ -473,10 +482,10 @@ def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int],
         idx = np.flatnonzero(keep[ids])
         if s.node.op == "Conv" and int(s.node.attrs.get("group", 1)) != 1:
             continue
-        entry = rows_cols.setdefault(node_label(s.node), {})
+        entry = rows_cols.setdefault(id(s.node), {})
         entry["cols" if s.kind == "in" else "rows"] = idx
     map_nodes = {id(m[0]): m for m in maps}
-    order = [n for n in model.graph.nodes if id(n) in map_nodes or node_label(n) in changed_in]
+    order = [n for n in model.graph.nodes if id(n) in map_nodes or id(n) in changed_in]
     errors: dict[str, tuple[float, float]] = {}  # layer -> relative output error before / after its repair
     progress = Progress(None, "repair", ctx.progress, total=len(order))
     for node in order:
@@ -489,7 +498,7 @@ def _repair(model: Model, reference: Model, cg: ChannelGraph, removed: set[int],
             bias = node.inputs[2] if node.op == "Conv" else node.outputs[0].outputs[0].inputs[1]
             bias.values = b.astype(np.float32)
         else:
-            rc = rows_cols.get(node_label(node), {})
+            rc = rows_cols.get(id(node), {})
             out = refit_layer(model, reference, node.name, rc.get("rows"), rc.get("cols"), ctx.calibration, damp)
             if out is not None:
                 errors[node_label(node)] = out
