@@ -436,6 +436,12 @@ def ppocr_cells(row: Row, base: Row) -> list[str]:
 
 
 # -- main ------------------------------------------------------------------------------------------------------
+def print_rows(rows: list[Row], cells) -> None:
+    """One table's rows, the first (the original model) as the baseline of the others."""
+    for row in rows:
+        print(" | ".join(cells(row, rows[0])), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None,
@@ -469,9 +475,7 @@ def main() -> None:
             print("\n## 1. Bundled trained models at 50% fewer MACs (target flops 0.5)\n")
             table(TRAINED_HEADER)
             for key in trained:
-                rows = run_trained(key, tmp, args)
-                for row in rows:
-                    print(" | ".join(trained_cells(row, rows[0])), flush=True)
+                print_rows(run_trained(key, tmp, args), trained_cells)
             if any(k != ALL_CRITERIA_ON for k in trained):
                 print("\n`independent` is left out where the analysis finds no residual Add to align (VGG, Concat, "
                       "LeNet-300): there it is the strict setting.")
@@ -480,9 +484,7 @@ def main() -> None:
             print("\n## 2. Architecture builders at 50% fewer MACs (l1, no repair, random weights)\n")
             table(BUILDER_HEADER)
             for name in built:
-                rows = run_builder(name, tmp, args)
-                for row in rows:
-                    print(" | ".join(builder_cells(row, rows[0])), flush=True)
+                print_rows(run_builder(name, tmp, args), builder_cells)
             print("\n## 3. Index bookkeeping: half of every prunable group removed vs the same channels zeroed\n")
             table(CHECK_HEADER)
             for name in built:
@@ -493,9 +495,7 @@ def main() -> None:
                   "flops 0.3)\n")
             table(PPOCR_HEADER)
             for key in ocr:
-                rows = run_ppocr(key, tmp, args)
-                for row in rows:
-                    print(" | ".join(ppocr_cells(row, rows[0])), flush=True)
+                print_rows(run_ppocr(key, tmp, args), ppocr_cells)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
 
 

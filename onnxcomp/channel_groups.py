@@ -226,20 +226,9 @@ class _Analyzer:
             if not is_standard(node):
                 self.refuse(node, f"custom op {node.domain}.{node.op}")
                 continue
+            if node.op in ("Shape", "Size"):
+                continue  # reads the run-time shape; nothing to keep consistent
             handler = _HANDLERS.get(node.op)
-            if handler is None:
-                if node.op in _UNARY:
-                    handler = _unary
-                elif node.op in _BINARY:
-                    handler = _binary
-                elif node.op in _REDUCE:
-                    handler = _reduce
-                elif node.op in _RESHAPE:
-                    handler = _reshape
-                elif node.op in ("Shape", "Size"):
-                    continue  # reads the runtime shape; nothing to keep consistent
-                else:
-                    handler = None
             reason = handler(self, node) if handler is not None else f"unsupported op {node.op}"
             if reason:
                 self.refuse(node, reason)
@@ -247,7 +236,7 @@ class _Analyzer:
         for t in self.graph.outputs:
             if t.name in self.cg.spaces:
                 self.cg.lock(self.cg.spaces[t.name].ids, f"graph output '{t.name}'")
-        for t in self._tensors():
+        for t in self.graph.tensors().values():
             space = self.cg.spaces.get(t.name)
             if space is not None and any(id(n) not in self.main_nodes for n in t.outputs):
                 self.cg.lock(space.ids, f"'{t.name}' is read inside a subgraph")
@@ -263,9 +252,6 @@ class _Analyzer:
                       for i in (1, 2) if i < len(n.inputs) and n.inputs[i].name and not is_constant(n.inputs[i])]
             self._values = _run_values(self.model, wanted, self.shapes)
         return self._values.get(t.name)
-
-    def _tensors(self):
-        return [t for t in self.graph.tensors().values() if isinstance(t, gs.Variable)]
 
     # -- helpers -------------------------------------------------------------------------------------
     def shape(self, t: gs.Tensor) -> tuple[int, ...] | None:
@@ -791,6 +777,8 @@ def _softmax(a: _Analyzer, node: gs.Node) -> str | None:
 
 
 _HANDLERS = {
+    **dict.fromkeys(_UNARY, _unary), **dict.fromkeys(_BINARY, _binary), **dict.fromkeys(_REDUCE, _reduce),
+    **dict.fromkeys(_RESHAPE, _reshape),
     "Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
     "Split": _split, "Slice": _slice, "Transpose": _transpose, "Softmax": _softmax, "LogSoftmax": _softmax,
     "LayerNormalization": _softmax,
