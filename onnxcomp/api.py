@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from onnxcomp.model import Model, check_output_files, needs_external_data, save_
 from onnxcomp.pipeline import Pass, PassContext
 from onnxcomp.recipe import Recipe, load_recipe
 from onnxcomp.report import CompressReport, PassSummary
-from onnxcomp.summary import layer_rows, size_by_section, summarize
+from onnxcomp.summary import LayerRow, layer_rows, size_by_section, summarize
 
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
 
@@ -112,7 +112,7 @@ def compress(
         size_before=size_before,
         size_after=size_by_section(result),
         layers_before=layers_before,
-        layers_after=layer_rows(model),
+        layers_after=_original_names(layer_rows(model), outcomes),
         passes=[PassSummary(o.name, o.result.modified, o.result.records, o.result.skipped, o.seconds, o.result.summary)
                 for o in outcomes],
         fidelity=fidelity,
@@ -157,3 +157,18 @@ def synthetic_feeds(proto: onnx.ModelProto, seed: int, samples: int = 4) -> Cali
                 return None  # integer inputs are usually ids or shapes: random values would be meaningless
         feeds.append(feed)
     return CalibrationData(feeds)
+
+
+def _original_names(rows: list[LayerRow], outcomes) -> list[LayerRow]:
+    """Layer rows of the compressed model under the names the source model gave them (passes that rename
+    tensors or nodes record what they renamed), so that the report speaks the user's names."""
+    tensors: dict[str, str] = {}
+    nodes: dict[str, str] = {}
+    for outcome in outcomes:
+        for table, renamed in ((tensors, outcome.result.renamed), (nodes, outcome.result.renamed_nodes)):
+            back = {new: table.get(old, old) for old, new in renamed.items() if new}
+            for new, old in back.items():
+                table[new] = old
+    if not tensors and not nodes:
+        return rows
+    return [replace(r, layer=nodes.get(r.layer, r.layer), weight=tensors.get(r.weight, r.weight)) for r in rows]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from onnxcomp.bias_correction import LayerBias
 from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
 from onnxcomp.hessian import LayerHessian, collect_hessians
@@ -230,6 +231,7 @@ def search_widths(
     bound: FidelityBound,
     budget: float | None = None,
     hessians: dict[str, LayerHessian] | None = None,
+    biases: dict[str, LayerBias] | None = None,
 ) -> tuple[dict[str, int], str]:
     """A width from ``choices`` for each weight of ``items``, and a one-line summary.
 
@@ -241,7 +243,8 @@ def search_widths(
     ``bound`` holds on the calibration data.
     Weights the evaluator cannot feed (held in Constant nodes or subgraphs) get the widest choice, recorded in
     ``result.skipped``. ``hessians`` (the unmodified model's, keyed by weight name) saves collecting them again
-    when the pass already has them.
+    when the pass already has them. ``biases`` (weight name -> its layer's bias, with a centered Hessian) are fed
+    corrected for each candidate, as the pass will apply them.
     """
     choices = sorted(set(choices))
     main = {id(n) for n in model.graph.nodes}
@@ -258,18 +261,23 @@ def search_widths(
         return chosen, ""
     if hessians is None:
         hessians = collect_hessians(model, [w for w, _ in searchable if not w.shared], ctx.calibration)
-    evaluator = WeightEvaluator(model, [w.name for w, _ in searchable], ctx.calibration, bound)
-    candidates: dict[tuple[str, int], np.ndarray] = {}
+    biases = {name: b for name, b in (biases or {}).items()
+              if hessians.get(name) is not None and hessians[name].is_centered}
+    evaluator = WeightEvaluator(model, [w.name for w, _ in searchable] + [b.name for b in biases.values()],
+                                ctx.calibration, bound)
+    candidates: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     options = []
     for w, a in Progress(searchable, "widths", ctx.progress):
         h = hessians.get(w.name)
         costs = []
         for bits in choices:
             values, nbytes = candidate(w, a, bits, h, ctx)
-            candidates[(w.name, bits)] = values
+            candidates[(w.name, bits)] = {w.name: values}
+            if w.name in biases:
+                candidates[(w.name, bits)][biases[w.name].name] = biases[w.name].corrected(h.mean_shift(a, values))
             costs.append((bits, nbytes, output_error(h, a, values)))
         narrowest = costs[0][2]
-        scale = (evaluator.distortion({w.name: candidates[(w.name, choices[0])]}) / narrowest
+        scale = (evaluator.distortion(candidates[(w.name, choices[0])]) / narrowest
                  if narrowest > 0 else 0.0)
         options.append([Option(b, n, scale * e) for b, n, e in costs])
     counts = np.array([np.count_nonzero(a) for _, a in searchable], dtype=np.float64)
@@ -277,12 +285,14 @@ def search_widths(
     def mean_bits(alloc: Sequence[int]) -> float:
         return float(counts @ np.asarray(alloc, dtype=np.float64) / max(counts.sum(), 1.0))
 
+    def feeds(alloc: Sequence[int]) -> dict[str, np.ndarray]:
+        return {k: v for (w, _), b in zip(searchable, alloc) for k, v in candidates[(w.name, b)].items()}
+
     def feasible(alloc: Sequence[int]) -> bool:
-        feeds = {w.name: candidates[(w.name, b)] for (w, _), b in zip(searchable, alloc)}
-        return evaluator.drop(feeds) <= bound.max_drop
+        return evaluator.drop(feeds(alloc)) <= bound.max_drop
 
     def measured(alloc: Sequence[int]) -> float:
-        return evaluator.distortion({w.name: candidates[(w.name, b)] for (w, _), b in zip(searchable, alloc)})
+        return evaluator.distortion(feeds(alloc))
 
     def stored(alloc: Sequence[int]) -> float:
         return sum(next(o.nbytes for o in opts if o.bits == b) for opts, b in zip(options, alloc))

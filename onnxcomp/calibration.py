@@ -179,6 +179,20 @@ class CalibrationData:
         return (CalibrationData(self.feeds[:cut], lab[:cut] if lab else None),
                 CalibrationData(self.feeds[cut:], lab[cut:] if lab else None))
 
+    def folds(self, k: int) -> list[tuple[CalibrationData, CalibrationData]]:
+        """``k`` (fit, check) pairs by contiguous runs of feeds; every feed is checked exactly once."""
+        n = len(self.feeds)
+        k = max(1, min(k, n))
+        if k < 2:
+            return [(self, self)]
+        edges = [round(i * n / k) for i in range(k + 1)]
+        lab = self.labels
+        out = []
+        for a, b in zip(edges[:-1], edges[1:]):
+            out.append((CalibrationData(self.feeds[:a] + self.feeds[b:], lab[:a] + lab[b:] if lab else None),
+                        CalibrationData(self.feeds[a:b], lab[a:b] if lab else None)))
+        return out
+
 
 def capture(
     model: Model | onnx.ModelProto,

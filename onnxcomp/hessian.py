@@ -11,6 +11,13 @@ model as ``reference``, the cross moments ``C = E[x~ x^T]`` are collected too: t
 the ORIGINAL outputs from the compressed inputs are ``W C^T H~^{-1}`` (:meth:`LayerHessian.retarget`), so the
 error of upstream layers is corrected instead of carried forward.
 
+The input means ``E[x]`` (and the reference's) are collected too. A layer with a bias can absorb any change of its
+output mean (``bias_correction.py``), so what its weights must fit is only the change of the mean-free output:
+:meth:`LayerHessian.centered` gives the statistics of ``x - E[x]``, and :meth:`LayerHessian.mean_shift` the bias
+change that keeps the output mean. An input that is constant on the calibration data (an image border after
+normalisation, a channel that is always positive after a ReLU contributes its mean) then carries no
+information for the weights at all: its weights can go and the bias takes their contribution.
+
 Grouped convolutions have one ``H`` per group: group ``g`` of the weight (rows ``g*R .. (g+1)*R``) sees only
 input channels ``g*Cg .. (g+1)*Cg``.
 
@@ -21,7 +28,7 @@ in chunks so that the sums of one chunk stay under ``max_bytes``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,6 +49,41 @@ class LayerHessian:
     transposed: bool = False  # Gemm(transB=0) / MatMul kernels are stored [fan-in, out]
     count: int = 0
     C: np.ndarray | None = None  # E[x~ x^T] against a reference model's inputs, (groups, d, d)
+    mean: np.ndarray | None = None  # E[x~], (groups, d)
+    ref_mean: np.ndarray | None = None  # E[x] of the reference model's inputs, with C
+    is_centered: bool = False
+
+    def centered(self) -> LayerHessian:
+        """The statistics of the mean-free inputs ``x - E[x]``: ``H - mu mu^T`` and ``C - mu mu_ref^T``.
+
+        Inputs whose variance is below 1e-7 of the mean second moment are constant on the calibration data; their
+        rows and columns are set to exactly zero, which compensation treats as dead inputs.
+        """
+        if self.is_centered:
+            return self
+        mu = self.mean
+        H = self.H - mu[:, :, None] * mu[:, None, :]
+        H = (H + np.swapaxes(H, 1, 2)) / 2
+        var = np.diagonal(H, axis1=1, axis2=2)
+        scale = np.diagonal(self.H, axis1=1, axis2=2).mean(axis=1, keepdims=True)
+        const = var <= 1e-7 * scale
+        H = np.where(const[:, :, None] | const[:, None, :], 0.0, H)
+        C = None
+        if self.C is not None:
+            C = self.C - mu[:, :, None] * self._reference_mean()[:, None, :]
+            C = np.where(const[:, :, None], 0.0, C)
+        return replace(self, H=H, C=C, is_centered=True)
+
+    def mean_shift(self, original: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """``E[original x] - E[new x~]`` per output channel (ONNX channel order): what the bias must add so that
+        the layer's output mean stays the reference's when ``new`` replaces ``original``."""
+        W0 = self.to_matrix(original.astype(np.float64))
+        W1 = self.to_matrix(new.astype(np.float64))
+        shift = np.einsum("grd,gd->gr", W0, self._reference_mean()) - np.einsum("grd,gd->gr", W1, self.mean)
+        return shift.reshape(-1)
+
+    def _reference_mean(self) -> np.ndarray:
+        return self.ref_mean if self.ref_mean is not None else self.mean
 
     def retarget(self, W: np.ndarray, damp: float = 0.01) -> np.ndarray:
         """Matrix view ``W`` (groups, rows, d) -> the dense weights that best map x~ to the reference outputs.
@@ -128,13 +170,15 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData,
         groups = _groups(w)
         d = _fan_in(w)
         transposed = node.op == "MatMul" or (node.op == "Gemm" and not int(node.attrs.get("transB", 0)))
-        hessians[w.name] = LayerHessian(node.op, w.shape, groups, np.zeros((groups, d, d)), transposed)
+        hessians[w.name] = LayerHessian(node.op, w.shape, groups, np.zeros((groups, d, d)), transposed,
+                                        mean=np.zeros((groups, d)))
         inputs[w.name] = node.inputs[0].name
 
     names = sorted(set(inputs.values()))
     if reference is not None:
         for h in hessians.values():
             h.C = np.zeros_like(h.H)
+            h.ref_mean = np.zeros_like(h.mean)
         ref_iter = iter_captures(reference, names, data)
     for values in iter_captures(model, names, data):
         ref_values = next(ref_iter) if reference is not None else None
@@ -143,15 +187,19 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData,
             patches = [p.astype(np.float32, copy=False) for p in input_patches(w, values[inputs[w.name]], h.groups)]
             for g, p32 in enumerate(patches):
                 h.H[g] += p32.T @ p32  # float32 GEMM per batch, float64 sums across batches
+                h.mean[g] += p32.sum(axis=0, dtype=np.float64)
             if ref_values is not None:
                 ref = input_patches(w, ref_values[inputs[w.name]], h.groups)
                 for g, p32 in enumerate(patches):
                     h.C[g] += p32.T @ ref[g].astype(np.float32, copy=False)
+                    h.ref_mean[g] += ref[g].sum(axis=0, dtype=np.float64)
             h.count += patches[0].shape[0]
     for h in hessians.values():
         h.H /= max(h.count, 1)
+        h.mean /= max(h.count, 1)
         if h.C is not None:
             h.C /= max(h.count, 1)
+            h.ref_mean /= max(h.count, 1)
     return hessians
 
 

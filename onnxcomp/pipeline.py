@@ -30,6 +30,8 @@ class PassResult:
     records: list[dict[str, Any]] = field(default_factory=list)  # one row per layer touched
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     summary: str = ""
+    renamed: dict[str, str] = field(default_factory=dict)  # tensor name -> new name (reports show the old ones)
+    renamed_nodes: dict[str, str] = field(default_factory=dict)  # node name -> new name
 
 
 @dataclass

@@ -13,6 +13,7 @@ from onnxcomp.passes.quantize_activations import QuantizeActivations
 from onnxcomp.passes.quantize_weights import QuantizeWeights
 from onnxcomp.passes.share_weights import ShareWeights
 from onnxcomp.passes.shorten_names import ShortenNames
+from onnxcomp.passes.strip_defaults import StripDefaults
 
 PASSES = {
     cls.name: cls
@@ -28,6 +29,7 @@ PASSES = {
         QuantizeActivations,
         PackWeights,
         ShortenNames,
+        StripDefaults,
     )
 }
 
@@ -44,4 +46,5 @@ __all__ = [
     "QuantizeWeights",
     "ShareWeights",
     "ShortenNames",
+    "StripDefaults",
 ]

@@ -70,6 +70,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse
 
+from onnxcomp.bias_correction import LayerBias, layer_bias
 from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
 from onnxcomp.evaluator import FidelityBound
 from onnxcomp.hessian import LayerHessian, collect_hessians
@@ -135,11 +136,15 @@ class ShareWeights(Pass):
         # Hessians of the unmodified model (collected before any weight is written), for the refinement (unless
         # sequential: then each layer's comes from the partly shared model) and for the width search.
         hessians: dict[str, LayerHessian] = {}
+        biases: dict[str, LayerBias] = {}
+        if ctx.calibration is not None and (calibrated or to_allocate):
+            biases = {w.name: b for w, _ in eligible if (b := layer_bias(model, w))}
         if ctx.calibration is not None and ((calibrated and not cfg.sequential) or to_allocate):
-            hessians = collect_hessians(model, [w for w, _ in eligible if not w.shared], ctx.calibration)
+            hessians = {name: h.centered() if name in biases else h for name, h in
+                        collect_hessians(model, [w for w, _ in eligible if not w.shared], ctx.calibration).items()}
         allocated = ""
         if to_allocate:
-            chosen, allocated = self._allocate(model, to_allocate, ctx, result, hessians)
+            chosen, allocated = self._allocate(model, to_allocate, ctx, result, hessians, biases)
             widths.update(chosen)
         plans = [p for w, a in eligible if (p := self._plan(w, a, widths[w.name], ctx, result)) is not None]
         if cfg.refine and plans and not calibrated:
@@ -152,15 +157,20 @@ class ShareWeights(Pass):
             w = plan.weight
             if reference is not None and not w.shared:
                 hessian = collect_hessians(model, [w], ctx.calibration, reference=reference).get(w.name)
+                if hessian is not None and w.name in biases:
+                    hessian = hessian.centered()
                 if hessian is not None:
                     plan = self._retarget(plan, hessian, ctx)
             else:
                 hessian = hessians.get(w.name)
+            before = w.array
             if calibrated and w.shared:
                 result.skipped.append((w.name, f"refinement skipped: shared by {len(w.uses)} nodes"))
             elif calibrated and hessian is None:
                 result.skipped.append((w.name, f"refinement skipped: no input Hessian for {w.primary.op}"))
             result.records.append(self._apply(plan, hessian, result))
+            if hessian is not None and hessian.is_centered:
+                biases[w.name].absorb(hessian.mean_shift(before, w.array))
             result.modified = True
         bits = sorted({r["bits"] for r in result.records})
         result.summary = (f"shared {len(result.records)} weights at {'/'.join(map(str, bits))} bits"
@@ -198,11 +208,12 @@ class ShareWeights(Pass):
         return _Plan(w, bits, array, mask, clustering, distinct)
 
     def _allocate(self, model: Model, items: list[tuple[Weight, np.ndarray]], ctx: PassContext,
-                  result: PassResult, hessians: dict[str, LayerHessian]) -> tuple[dict[str, int], str]:
+                  result: PassResult, hessians: dict[str, LayerHessian],
+                  biases: dict[str, LayerBias]) -> tuple[dict[str, int], str]:
         """Rule 7: a width per weight from ``choices``, and a summary of the choice."""
         cfg = self.config
         return search_widths(model, items, ctx, result, cfg.choices, self._candidate,
-                             FidelityBound(cfg.metric, cfg.max_drop), cfg.budget, hessians)
+                             FidelityBound(cfg.metric, cfg.max_drop), cfg.budget, hessians, biases)
 
     def _candidate(self, w: Weight, array: np.ndarray, bits: int, h: LayerHessian | None,
                    ctx: PassContext) -> tuple[np.ndarray, float]:

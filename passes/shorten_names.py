@@ -12,7 +12,8 @@ Rules:
    unused id, in graph order (so the same model gives the same names). One old name always maps to one new
    name, in every graph, so subgraphs that read an outer-scope tensor still find it. An id that equals a kept
    name is skipped.
-3. Node names stay, since reports and users refer to layers by them, unless ``node_names: drop``.
+3. Node names stay unless ``node_names`` is ``short`` (base-36 ids in graph order, every graph) or ``drop``
+   (empty). The compress report still names layers by their original names: the pass records what it renamed.
 4. Doc strings and metadata (model, graph, nodes) are never touched.
 
 The summary gives the count of renamed tensors and the bytes of names before and after.
@@ -35,11 +36,11 @@ from onnxcomp.pipeline import Pass, PassContext, PassResult
 @dataclass(frozen=True)
 class ShortenNamesConfig:
     keep: tuple[str, ...] = ()  # globs of tensor names that keep their name
-    node_names: Literal["keep", "drop"] = "keep"
+    node_names: Literal["keep", "short", "drop"] = "keep"
 
     def __post_init__(self) -> None:
-        if self.node_names not in ("keep", "drop"):
-            raise ValueError(f"node_names must be 'keep' or 'drop', got {self.node_names!r}")
+        if self.node_names not in ("keep", "short", "drop"):
+            raise ValueError(f"node_names must be 'keep', 'short' or 'drop', got {self.node_names!r}")
 
 
 class ShortenNames(Pass):
@@ -66,14 +67,22 @@ class ShortenNames(Pass):
                 new = next(ids)
                 for t in objs.values():
                     t.name = new
+                result.renamed[old] = new
                 renamed += 1
         after = sum(len(next(iter(objs.values())).name.encode()) for objs in tensors.values())
-        if cfg.node_names == "drop":
-            for g in iter_graphs(graph):
-                for node in g.nodes:
-                    node.name = ""
-        result.modified = renamed > 0 or cfg.node_names == "drop"
         result.summary = f"{renamed} tensors renamed; names {before:,} B -> {after:,} B"
+        if cfg.node_names != "keep":
+            node_ids = (np.base_repr(n, 36).lower() for n in itertools.count())
+            nodes = [node for g in iter_graphs(graph) for node in g.nodes]
+            node_bytes = sum(len(node.name.encode()) for node in nodes)
+            for node in nodes:
+                new = next(node_ids) if cfg.node_names == "short" else ""
+                if node.name:
+                    result.renamed_nodes[node.name] = new
+                node.name = new
+            result.summary += (f"; node names {node_bytes:,} B -> "
+                               f"{sum(len(node.name.encode()) for node in nodes):,} B")
+        result.modified = renamed > 0 or bool(result.renamed_nodes)
         return result
 
 

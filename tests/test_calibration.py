@@ -91,6 +91,18 @@ def test_split_keeps_back_the_tail() -> None:
     assert len(calib) == 6 and len(held) == 2
 
 
+def test_folds_check_every_feed_once() -> None:
+    x = np.arange(70 * 4, dtype=np.float32).reshape(70, 4)
+    data = CalibrationData.from_source({"x": x}, _model(), batch_size=10)
+    folds = data.folds(3)
+    assert [len(check) for _, check in folds] == [2, 3, 2]
+    checked = np.concatenate([f["x"] for _, check in folds for f in check.feeds])
+    np.testing.assert_array_equal(checked, x)
+    for fit, check in folds:
+        assert len(fit) + len(check) == 7
+        assert not {id(f) for f in fit.feeds} & {id(f) for f in check.feeds}
+
+
 def test_input_specs_skip_initializers() -> None:
     model = _model()
     model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3]))

@@ -66,7 +66,10 @@ def test_auto_search_respects_the_bound() -> None:
     sparsity = sum(int((w == 0).sum()) for w in kernels.values()) / sum(w.size for w in kernels.values())
     assert sparsity > 0.3
     fidelity = evaluate(LENET, result.model.to_proto(), TEST)
-    assert fidelity.accuracy_drop <= 0.01
+    # The bound (2% of top-1 changed on calibration data) carries over to unseen test data, with a margin
+    # for 256 calibration samples against 1000 test samples.
+    assert 1.0 - fidelity.outputs[0].top1_agreement <= 0.02 + 0.01
+    assert fidelity.accuracy_drop <= 0.02
     records = next(p for p in result.report.passes if p.name == "prune_magnitude").records
     assert len({round(r["sparsity"], 2) for r in records}) > 1  # per-layer thresholds, not one ratio
 

@@ -312,8 +312,10 @@ def test_lenet_refinement_lowers_output_error_and_keeps_accuracy() -> None:
     assert [r["bits"] for r in refined.records] == [3, 2]
     for row in refined.records:
         assert row["output_err"] < row["output_err_kmeans"]
-    assert refined_fid.accuracy_candidate >= plain_fid.accuracy_candidate
-    assert refined_fid.outputs[0].sqnr_db > plain_fid.outputs[0].sqnr_db
+    # Closer to the original model (SQNR, top-1 agreement); test accuracy within noise (5 of 1000 samples).
+    assert refined_fid.outputs[0].sqnr_db > plain_fid.outputs[0].sqnr_db + 3
+    assert refined_fid.outputs[0].top1_agreement >= plain_fid.outputs[0].top1_agreement
+    assert refined_fid.accuracy_candidate >= plain_fid.accuracy_candidate - 0.005
     # The excluded layer is untouched bit for bit.
     original = {w.name: w.array for w in weight_table(Model.load(LENET))}
     for model in (plain_model, refined_model):
@@ -334,11 +336,12 @@ def test_rescnn_refinement_recovers_2_bit_accuracy() -> None:
 
 
 def test_hessians_come_from_the_unmodified_model() -> None:
-    """Refinement reads collect_hessians on the original weights: the recorded k-means error is reproducible."""
+    """Refinement reads collect_hessians on the original weights: the recorded k-means error is reproducible
+    (on the centered statistics: the layer has a bias, which absorbs the change of the output mean)."""
     model = Model.load(LENET)
     data = CalibrationData.from_source(CALIB, model.to_proto()).take(4)
     kernels = [w for w in weight_table(model) if w.role == "weight"]
-    h = collect_hessians(model, kernels, data)["fc2.weight"]
+    h = collect_hessians(model, kernels, data)["fc2.weight"].centered()
     original = kernels[1].array.copy()
     result = ShareWeights(ShareWeights.Config(bits=2, init="exact")).run(model, PassContext(calibration=data))
     row = next(r for r in result.records if r["weight"] == "fc2.weight")

@@ -78,3 +78,17 @@ def test_same_model_same_bytes(root, tmp_path):
     compress(src, recipe=RECIPE, output=tmp_path / "a.onnx")
     compress(src, recipe=RECIPE, output=tmp_path / "b.onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_short_node_names_report_keeps_the_source_names(root, tmp_path):
+    src = root / "models" / "mnist_rescnn.onnx"
+    recipe = {"name": "s", "passes": [{"prune_magnitude": {"mode": "layer", "sparsity": 0.5, "compensate": False}},
+                                      {"shorten_names": {"node_names": "short"}}]}
+    result = compress(src, recipe=recipe, output=tmp_path / "s.onnx")
+    out = onnx.load(tmp_path / "s.onnx")
+    assert max(len(n.name) for n in out.graph.node) <= 2
+    assert len({n.name for n in out.graph.node}) == len(out.graph.node)  # still unique
+    rows = {r["layer"]: r for r in result.report.to_dict()["layers"]}
+    assert "/block1/conv1/Conv" in rows and rows["/block1/conv1/Conv"]["bytes_before"] == 9216
+    assert rows["/block1/conv1/Conv"]["weight"] == "block1.conv1.weight"
+    assert "node names" in result.report.passes[-1].summary
