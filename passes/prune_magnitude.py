@@ -8,7 +8,9 @@ Rules:
    "Learning both Weights and Connections", 2015); ``activation`` scores ``|w| * sqrt(E[x^2])`` with ``x`` the
    input the weight multiplies on the calibration data (Wanda, Sun et al. 2023: a weight on an input that is
    always small changes the output little, however large it is). Weights whose layer has no input statistics
-   fall back to ``|w|``. How many:
+   fall back to ``|w|``. In the ``deep-compression`` chain magnitude gives the smaller files (ResCNN 14.9x vs
+   13.4x, LeNet-300 22.7x vs 15.9x at similar accuracy): the kept large weights cluster into fewer levels.
+   How many:
    - ``global``: one threshold over all prunable layers, at which ``sparsity`` of their weights fall;
    - ``layer``: per layer ``sparsity`` (``layer_sparsity`` globs override it), or ``|w| < quality * std(W)``;
    - ``auto`` (OLMP): per-layer sparsities minimising the number of stored weights subject to the fidelity
@@ -25,8 +27,9 @@ Rules:
    centered input statistics and its bias absorbs the change of its output mean (``bias_correction.py``);
    weights on inputs that are constant on the calibration data then cost nothing to remove. With
    ``criterion: activation`` such layers score weights by the input's standard deviation instead of its RMS.
-4. The searches fit compensation on one part of the calibration feeds and check the bound on the other
-   (``validation`` share): compensation fitted and judged on the same samples looks better than it is.
+4. The compensated searches check the bound on samples the compensation was not fitted on (fitted and judged on
+   the same samples it looks better than it is), cross-fitted over ``round(1 / validation)`` folds so that
+   every calibration sample counts towards the bound (see ``_folds``).
 Pruned weights are exact zeros; storage (CSR, Huffman) is decided later by ``pack_weights``.
 """
 

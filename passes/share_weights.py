@@ -55,6 +55,12 @@ Rules:
    ``max_drop`` on the calibration data, or cut at the first point whose mean width is within ``budget``. The
    chosen widths then go through rules 1-6 like fixed ones. Weights the evaluator cannot feed (Constant nodes,
    subgraphs) get the widest choice, with the reason recorded.
+8. ``codebook_dtype: float16`` (default) rounds the final centroids of float32/float64 weights to the nearest
+   float16 (a relative change below 2^-11, far under the clustering error), so that ``pack_weights`` stores
+   their codebook exactly at 2 bytes per entry; ``weight`` keeps full-precision centroids. Centroids outside
+   float16's range are not rounded.
+9. With a calibration Hessian and a bias on the layer (``bias_correction.py``), the fit is on centered input
+   statistics and the bias absorbs the change of the layer's output mean.
 
 Records, one per layer: bits, distinct nonzero values before and after, ``weight_err`` = ||W - W'|| / ||W||,
 and with a Hessian ``output_err_kmeans`` / ``output_err`` = trace((W - W') H (W - W')^T) / trace(W H W^T) for the
@@ -94,9 +100,12 @@ class ShareWeightsConfig(WidthConfig):
     ridge: float = 1e-3  # refinement's pull towards the k-means centroids, relative to diag(G)
     compensate: bool = False  # GPTQ-style assignment with OBS error feedback (needs calibration data)
     sequential: bool = False  # layer by layer on already-shared inputs, re-targeted to the original outputs
+    codebook_dtype: Literal["float16", "weight"] = "float16"  # centroids rounded to float16: half-size codebooks
 
     def __post_init__(self) -> None:
         self.check_widths(" (k = 2^bits shared values)")
+        if self.codebook_dtype not in ("float16", "weight"):
+            raise ValueError(f"codebook_dtype must be 'float16' or 'weight', got {self.codebook_dtype!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.min_elements < 0:
@@ -177,6 +186,10 @@ class ShareWeights(Pass):
                           if result.records else "no weight shared") + (f"; {allocated}" if allocated else "")
         return result
 
+    @property
+    def _half(self) -> bool:
+        return self.config.codebook_dtype == "float16"
+
     def _eligible(self, w: Weight, result: PassResult) -> np.ndarray | None:
         """The weight's array when rule 1 lets the pass touch it, else None (and the reason recorded)."""
         cfg = self.config
@@ -232,7 +245,7 @@ class ShareWeights(Pass):
             labels = np.full(array.shape, centroids.size, dtype=np.int64)
             labels[mask] = assign
             centroids = _refine(h, array, labels, centroids, self.config.ridge)
-        values = _values(array, mask, centroids, assign, array.dtype)
+        values = _values(array, mask, centroids, assign, array.dtype, self._half)
         return values, entropy_bytes(assign) + 4 * k
 
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
@@ -259,14 +272,14 @@ class ShareWeights(Pass):
         if hessian is not None:
             labels = np.full(original.shape, centroids.size, dtype=np.int64)  # zeros: a dummy cluster
             labels[mask] = assign
-            kmeans_values = _values(original, mask, centroids, assign, dtype)
+            kmeans_values = _values(original, mask, centroids, assign, dtype, self._half)
             err_kmeans = hessian.output_error(original, kmeans_values)
             if err_kmeans is None:
                 result.skipped.append((w.name, "refinement skipped: the layer's input is zero on the calibration data"))
             else:
                 centroids = _refine(hessian, original, labels, centroids, self.config.ridge)
 
-        shared = _values(original, mask, centroids, assign, dtype)
+        shared = _values(original, mask, centroids, assign, dtype, self._half)
         w.set(shared)
         if err_kmeans is not None:
             err_refined = hessian.output_error(original, shared)
@@ -308,11 +321,14 @@ def _snap(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def _values(original: np.ndarray, mask: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
-            dtype: np.dtype) -> np.ndarray:
-    """The shared tensor: centroids (in the weight's dtype) at the clustered positions (label k: 0.0), exact
-    zeros elsewhere."""
+            dtype: np.dtype, half: bool) -> np.ndarray:
+    """The shared tensor: centroids (in the weight's dtype; rounded to float16 first with ``half`` when they fit
+    its range, rule 8) at the clustered positions (label k: 0.0), exact zeros elsewhere."""
+    levels = np.append(centroids, 0.0)
+    if half and np.all(np.abs(levels) <= np.finfo(np.float16).max):
+        levels = levels.astype(np.float16)
     out = np.zeros(original.shape, dtype=dtype)
-    out[mask] = np.append(centroids, 0.0).astype(dtype)[labels]
+    out[mask] = levels.astype(dtype)[labels]
     return out
 
 

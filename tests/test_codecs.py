@@ -319,3 +319,42 @@ def test_encoded_nbytes_is_the_blob_size() -> None:
               rng.integers(0, 4, 3000).astype(np.uint8)]
     for a in arrays:
         assert encoded_nbytes(a) == len(to_blob(encode_weight(a)))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float16_exact_codebook_is_stored_at_half_size(sparse: bool) -> None:
+    rng = np.random.default_rng(3)
+    levels = rng.standard_normal(16).astype(np.float16).astype(np.float32)  # every level is a float16
+    array = levels[rng.integers(0, 16, 4000)]
+    if sparse:
+        array[rng.random(4000) < 0.8] = 0.0
+    enc = encode_weight(array)
+    assert enc.meta.get("book_dtype") == "float16" and enc.meta["k"] >= 16
+    assert len(enc.sections["codebook"]) == 2 * enc.meta["k"]
+    blob = to_blob(enc)
+    assert struct.unpack_from("<4sHH", blob.tobytes())[2] == 1  # the header flag
+    np.testing.assert_array_equal(decode_weight(from_blob(blob)), array)  # bit-exact, float32 out
+    # Must not fire: one level that is not a float16 keeps the whole codebook in float32.
+    array[np.flatnonzero(array)[0]] = np.float32(0.1)
+    enc = encode_weight(array)
+    assert "book_dtype" not in enc.meta
+    np.testing.assert_array_equal(decode_weight(from_blob(to_blob(enc))), array)
+
+
+def test_float16_codebook_flag_is_checked() -> None:
+    enc = encode_weight(np.float32([0.5, 0.25, 0.5, -1.0] * 100))
+    assert enc.meta["book_dtype"] == "float16"
+    meta, payload = enc.header_binary(), b"".join(enc.sections.values())
+    body = meta + payload
+
+    def blob(flags: int, version: int = 2, body: bytes = body, meta_len: int = len(meta)) -> np.ndarray:
+        return np.frombuffer(struct.pack("<4sHHII", b"OCPW", version, flags, meta_len, zlib.crc32(body)) + body,
+                             np.uint8)
+
+    np.testing.assert_array_equal(decode_weight(from_blob(blob(1))), np.float32([0.5, 0.25, 0.5, -1.0] * 100))
+    _assert_codec_error(blob(0))  # without the flag the codebook section is the wrong size
+    _assert_codec_error(blob(2))  # unknown flag bit
+    ints = encode_weight(np.int8([1, -3, 2, 1] * 100))
+    imeta = ints.header_binary()
+    ibody = imeta + b"".join(ints.sections.values())
+    _assert_codec_error(blob(1, body=ibody, meta_len=len(imeta)))  # a float16 codebook for int8 codes

@@ -20,6 +20,7 @@ from onnxcomp.kmeans1d import kmeans1d
 from onnxcomp.model import Model
 from onnxcomp.pipeline import PassContext
 from onnxcomp.recipe import load_recipe
+from onnxcomp.runtime import unpack
 from onnxcomp.weights import weight_table
 from tests.conftest import run_ort
 
@@ -129,12 +130,13 @@ def test_fewer_values_than_k_and_all_equal() -> None:
 
 @pytest.mark.parametrize("init", ["linear", "exact"])
 def test_float16_values(init: str) -> None:
-    x = (RNG.standard_normal(4000) * 0.05).astype(np.float16)
+    x = (np.random.default_rng(1).standard_normal(4000) * 0.05).astype(np.float16)  # own stream: order-independent
     result = kmeans1d(x, 16, init)
     assert result.centroids.dtype == np.float64 and result.centroids.size == 16
     shared = result.centroids.astype(np.float16)[result.labels]
     assert np.unique(shared).size <= 16
-    assert np.linalg.norm(shared.astype(np.float64) - x) / np.linalg.norm(x.astype(np.float64)) < 0.1
+    # A 16-level Lloyd-Max quantizer of a Gaussian leaves ~0.098 relative error: the bound allows 20% above it.
+    assert np.linalg.norm(shared.astype(np.float64) - x) / np.linalg.norm(x.astype(np.float64)) < 0.12
 
 
 def test_bad_arguments() -> None:
@@ -422,5 +424,29 @@ def test_zero_is_a_level_for_near_zero_weights() -> None:
     values = np.array([1e-30, -0.09, 0.16, -0.11, 0.9])
     labels = _snap(values, centroids)
     np.testing.assert_array_equal(labels, [4, 4, 2, 1, 3])
-    out = _values(values, np.ones(5, bool), centroids, labels, np.float32)
+    out = _values(values, np.ones(5, bool), centroids, labels, np.float32, half=False)
     np.testing.assert_array_equal(out, np.float32([0.0, 0.0, 0.3, -0.2, 1.0]))
+    half = _values(values, np.ones(5, bool), centroids, labels, np.float32, half=True)  # rule 8
+    np.testing.assert_array_equal(half, np.float16([0.0, 0.0, 0.3, -0.2, 1.0]).astype(np.float32))
+    assert half[2] != out[2]  # 0.3 is not a float16
+    big = _values(values, np.ones(5, bool), centroids * 1e6, labels, np.float32, half=True)
+    np.testing.assert_array_equal(big, np.float32([0.0, 0.0, 3e5, -2e5, 1e6]))  # beyond float16: not rounded
+
+
+def test_float16_codebooks_pack_at_half_size() -> None:
+    """Rule 8 with pack_weights: the codebook takes 2 bytes per entry and the packed file decodes to the very
+    values the pass wrote."""
+    recipe = {"name": "s", "passes": [{"share_weights": {"bits": 4, "refine": False}},
+                                      {"pack_weights": {"format": "packed", "huffman": True}}]}
+    sizes = {}
+    for dtype in ("float16", "weight"):
+        recipe["passes"][0]["share_weights"]["codebook_dtype"] = dtype
+        result = compress(LENET, recipe=recipe)
+        records = result.report.passes[-1].records
+        sizes[dtype] = sum(r["sections"]["codebook"] for r in records)
+        shared = {w.name: w.array for w in weight_table(result.model) if w.role == "weight"}
+        plain = onnx.load_from_string(unpack(result.model.to_proto()).SerializeToString())
+        for init in plain.graph.initializer:
+            if init.name in shared and init.name.endswith("weight"):
+                np.testing.assert_array_equal(numpy_helper.to_array(init), shared[init.name])
+    assert sizes["float16"] * 2 == sizes["weight"]

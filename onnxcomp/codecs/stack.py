@@ -18,7 +18,9 @@ gives back the very bits that were encoded.
 
 Blob layout (little-endian)::
 
-    b"OCPW"  u16 version (2)  u16 flags (0)  u32 meta length  u32 CRC-32 of everything after these 16 bytes
+    b"OCPW"  u16 version (2)  u16 flags  u32 meta length  u32 CRC-32 of everything after these 16 bytes
+    (flags bit 0: the codebook of a float32/float64 weight is stored as float16, because every entry is exactly a
+    float16; weight sharing rounds its centroids so, and the codebook takes half the bytes)
     meta (binary, unsigned LEB128 varints "v", bytes "u8"):
         u8 dtype, u8 scheme, v ndim, v dims...,
         codebook: v k, u8 index coding;   sparse: v count, v k, u8 gap bits, u8 gap coding[, u8 index coding if k]
@@ -64,6 +66,7 @@ _CODINGS = ("packed", "huffman")
 _SCHEMES = ("plain", "codebook", "sparse")
 _INDEX_CODINGS = ("packed", "huffman", "none")
 _SECTIONS = ("values", "codebook", "indices", "indices.huffman", "gaps", "gaps.huffman")
+_HALF_BOOK = 1  # header flag: the codebook is stored as float16
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def _cheapest(array: np.ndarray, allow_sparse: bool, allow_codebook: bool, allow
     if arr.dtype.name not in _DTYPES:
         raise CodecError(f"cannot pack weight {name!r}: dtype {arr.dtype} is not one of {', '.join(_DTYPES)}")
     bits = np.ascontiguousarray(arr).reshape(-1).view(f"u{arr.dtype.itemsize}")
-    facts = _Facts(bits, allow_codebook)
+    facts = _Facts(bits, allow_codebook, arr.dtype)
     plans = [_plain_plan(facts)]
     if allow_codebook and facts.levels is not None and 1 <= facts.dense_k <= MAX_CODEBOOK:
         plans.append(_codebook_plan(facts, allow_huffman))
@@ -184,8 +187,9 @@ def dense_codebook(array: np.ndarray, limit: int = MAX_CODEBOOK) -> tuple[np.nda
 class _Facts:
     """What every plan needs, computed once: nonzero positions, zero runs, distinct nonzero values."""
 
-    def __init__(self, bits: np.ndarray, want_levels: bool):
+    def __init__(self, bits: np.ndarray, want_levels: bool, dtype: np.dtype):
         self.bits = bits
+        self.dtype = dtype
         self.size = bits.size
         self.itemsize = bits.dtype.itemsize
         self.nnz = int(np.count_nonzero(bits))
@@ -196,6 +200,21 @@ class _Facts:
             if found is not None:
                 self.levels, self.nz_index = found  # nonzero levels (sorted bit patterns), index of each nonzero
                 self.nz_counts = np.bincount(self.nz_index, minlength=self.levels.size)
+
+    @functools.cached_property
+    def half_book(self) -> bool:
+        """Whether every codebook level of a float32/float64 weight is exactly a float16 (bit for bit)."""
+        if self.levels is None or self.dtype.name not in ("float32", "float64"):
+            return False
+        values = self.levels.view(self.dtype)
+        return bool(np.array_equal(values.astype(np.float16).astype(self.dtype).view(self.levels.dtype), self.levels))
+
+    def book(self, zero: int) -> tuple[bytes, int, dict[str, str]]:
+        """The codebook (``zero`` leading 0.0 entries, then the levels): its bytes, their count, its meta."""
+        book = np.concatenate([np.zeros(zero, self.bits.dtype), self.levels])
+        if self.half_book:
+            return book.view(self.dtype).astype("<f2").tobytes(), 2 * book.size, {"book_dtype": "float16"}
+        return _le(book).tobytes(), book.size * self.itemsize, {}
 
     @functools.cached_property
     def positions(self) -> np.ndarray:
@@ -237,19 +256,20 @@ def _plain_plan(f: _Facts) -> _Plan:
 
 def _codebook_plan(f: _Facts, allow_huffman: bool) -> _Plan:
     zero = int(f.has_zeros)  # index 0 is 0.0 when the tensor holds zeros
-    book = np.concatenate([np.zeros(zero, f.bits.dtype), f.levels])
+    k = f.levels.size + zero
+    book, book_bytes, book_meta = f.book(zero)
     counts = np.concatenate([[f.size - f.nnz] if zero else [], f.nz_counts]).astype(np.int64)
-    coding = _symbol_coding(counts, book.size, allow_huffman)
+    coding = _symbol_coding(counts, k, allow_huffman)
 
     def build() -> dict[str, bytes]:
         if not zero:
-            return {"codebook": _le(book).tobytes(), **coding.encode("indices", f.nz_index)}
-        index = np.zeros(f.size, dtype=np.uint8 if book.size <= 256 else np.uint16)
+            return {"codebook": book, **coding.encode("indices", f.nz_index)}
+        index = np.zeros(f.size, dtype=np.uint8 if k <= 256 else np.uint16)
         index[f.positions] = f.nz_index + zero
-        return {"codebook": _le(book).tobytes(), **coding.encode("indices", index)}
+        return {"codebook": book, **coding.encode("indices", index)}
 
-    meta = {"scheme": "codebook", "k": int(book.size), **coding.meta("index")}
-    return _Plan(meta, {"codebook": book.size * f.itemsize, **coding.sizes("indices")}, build)
+    meta = {"scheme": "codebook", "k": k, **coding.meta("index"), **book_meta}
+    return _Plan(meta, {"codebook": book_bytes, **coding.sizes("indices")}, build)
 
 
 def _sparse_plans(f: _Facts, allow_codebook: bool, allow_huffman: bool) -> list[_Plan]:
@@ -279,17 +299,18 @@ def _sparse_float_plan(f: _Facts, b: int, entries: int, gaps: _Coding) -> _Plan:
 
 
 def _sparse_codebook_plan(f: _Facts, b: int, zero: int, nfill: int, gaps: _Coding, allow_huffman: bool) -> _Plan:
-    book = np.concatenate([np.zeros(zero, f.bits.dtype), f.levels])
+    k = f.levels.size + zero
+    book, book_bytes, book_meta = f.book(zero)
     counts = np.concatenate([[nfill] if zero else [], f.nz_counts]).astype(np.int64)
-    index = _symbol_coding(counts, book.size, allow_huffman)
+    index = _symbol_coding(counts, k, allow_huffman)
 
     def build() -> dict[str, bytes]:
         symbols, gap = csr.place_entries((f.nz_index + zero).astype(np.uint16), f.runs, b)
-        return {"codebook": _le(book).tobytes(), **index.encode("indices", symbols), **gaps.encode("gaps", gap)}
+        return {"codebook": book, **index.encode("indices", symbols), **gaps.encode("gaps", gap)}
 
-    meta = {"scheme": "sparse", "count": f.nnz + nfill, "k": int(book.size), **index.meta("index"),
-            "gap_bits": b, **gaps.meta("gap")}
-    sizes = {"codebook": book.size * f.itemsize, **index.sizes("indices"), **gaps.sizes("gaps")}
+    meta = {"scheme": "sparse", "count": f.nnz + nfill, "k": k, **index.meta("index"),
+            "gap_bits": b, **gaps.meta("gap"), **book_meta}
+    sizes = {"codebook": book_bytes, **index.sizes("indices"), **gaps.sizes("gaps")}
     return _Plan(meta, sizes, build)
 
 
@@ -371,7 +392,8 @@ def to_blob(enc: EncodedWeight) -> np.ndarray:
     """The weight as one uint8 array: fixed header, binary meta, sections."""
     meta = enc.header_binary()
     payload = meta + b"".join(enc.sections.values())
-    head = _HEADER.pack(MAGIC, VERSION, 0, len(meta), zlib.crc32(payload))
+    flags = _HALF_BOOK if enc.meta.get("book_dtype") == "float16" else 0
+    head = _HEADER.pack(MAGIC, VERSION, flags, len(meta), zlib.crc32(payload))
     return np.frombuffer(head + payload, dtype=np.uint8).copy()
 
 
@@ -393,7 +415,7 @@ def _from_blob(data: bytes, name: str) -> EncodedWeight:
     if version not in (_JSON_VERSION, VERSION):
         raise CodecError(f"format version {version} is not supported (this onnxcomp reads versions "
                          f"{_JSON_VERSION} and {VERSION})")
-    if flags:
+    if flags & ~_HALF_BOOK or (flags and version == _JSON_VERSION):
         raise CodecError(f"unknown flags {flags:#x}")
     if _HEADER.size + meta_len > len(data):
         raise CodecError(f"truncated: the meta block needs {meta_len} bytes, {len(data) - _HEADER.size} remain")
@@ -407,6 +429,8 @@ def _from_blob(data: bytes, name: str) -> EncodedWeight:
             raise CodecError("the meta block is not valid JSON") from None
     else:
         doc = _parse_binary_meta(raw)
+        if flags & _HALF_BOOK:
+            doc["book_dtype"] = "float16"
     shape, dtype, meta, layout = _check_meta(doc)
     offset = _HEADER.size + meta_len
     if offset + sum(n for _, n in layout) != len(data):
@@ -509,6 +533,10 @@ def _check_meta(doc: Any) -> tuple[tuple[int, ...], str, dict[str, Any], list[tu
         "sparse": {"scheme", "count", "k", "gap_bits", "gap_coding"} | (
             {"index_coding", "index_bits"} if meta.get("k") != 0 else set()),
     }.get(scheme)
+    if "book_dtype" in meta:  # a float16 codebook: only for float32/float64 weights that have a codebook
+        if meta["book_dtype"] != "float16" or dtype not in ("float32", "float64") or not meta.get("k"):
+            raise CodecError(f"a float16 codebook is invalid for a {dtype} weight of scheme {scheme!r} without one")
+        allowed = allowed | {"book_dtype"} if allowed is not None else None
     if allowed is None or set(meta) != allowed:
         raise CodecError(f"invalid scheme parameters {sorted(meta)} for scheme {scheme!r}")
     size = math.prod(shape)
@@ -538,7 +566,7 @@ def _check_sections(enc: EncodedWeight) -> None:
     if m["scheme"] == "plain" or (m["scheme"] == "sparse" and not m["k"]):
         expected["values"] = count * itemsize
     else:
-        expected["codebook"] = m["k"] * itemsize
+        expected["codebook"] = m["k"] * (2 if m.get("book_dtype") == "float16" else itemsize)
         _expect_stream(expected, "indices", m["index_coding"], m["index_bits"], count)
     if m["scheme"] == "sparse":
         _expect_stream(expected, "gaps", m["gap_coding"], m["gap_bits"], count)
@@ -583,7 +611,10 @@ def _decode(enc: EncodedWeight) -> np.ndarray:
     if m["scheme"] == "plain" or (m["scheme"] == "sparse" and not m["k"]):
         values = np.frombuffer(enc.sections["values"], dtype=utype, count=count)
     else:
-        book = np.frombuffer(enc.sections["codebook"], dtype=utype, count=m["k"])
+        if m.get("book_dtype") == "float16":
+            book = np.frombuffer(enc.sections["codebook"], dtype="<f2", count=m["k"]).astype(enc.dtype).view(utype)
+        else:
+            book = np.frombuffer(enc.sections["codebook"], dtype=utype, count=m["k"])
         if m["index_coding"] == "none":
             values = np.full(count, book[0], dtype=utype)
         else:
