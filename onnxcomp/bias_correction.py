@@ -78,8 +78,7 @@ def discard_unused(model: Model, biases: list[LayerBias]) -> None:
     for bias in biases:
         if bias.created and not np.any(bias.weight.array):
             node = bias.weight.primary.node
-            node.inputs.pop(bias.weight.primary.slot)
-    model.graph.cleanup()
+            node.inputs.pop(bias.weight.primary.slot)  # the tensor, now read by nothing, is not exported
 
 
 def _slot_bias(model: Model, node: gs.Node, out_channels: int, dtype: np.dtype, scale: float,

@@ -73,6 +73,7 @@ def test_created_conv_bias_runs_and_is_discarded_when_unused() -> None:
     np.testing.assert_array_equal(run_ort(model.to_proto(), {"x": x})[0], before)
     discard_unused(model, [bias])
     assert len(model.graph.nodes[0].inputs) == 2
+    assert [t.name for t in model.to_proto().graph.initializer] == ["w"]
 
 
 def test_constant_input_weights_go_to_the_bias_exactly() -> None:
