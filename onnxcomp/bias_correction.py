@@ -24,6 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.graph_edit import single_consumer, tensor_names, unique_name
+from onnxcomp.hessian import LayerHessian
 from onnxcomp.model import Model
 from onnxcomp.weights import Weight, weight_of
 
@@ -38,13 +39,20 @@ class LayerBias:
     def name(self) -> str:
         return self.weight.name
 
-    def corrected(self, shift: np.ndarray) -> np.ndarray:
-        """The bias plus ``shift`` (per output channel, in the kernel's units)."""
+    def corrected(self, hessian: LayerHessian, original: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """The bias that keeps the layer's output mean when kernel ``original`` becomes ``new``."""
         current = self.weight.array
-        return (current.astype(np.float64) + self.scale * shift.reshape(current.shape)).astype(current.dtype)
+        shift = hessian.mean_shift(original, new).reshape(current.shape)
+        return (current.astype(np.float64) + self.scale * shift).astype(current.dtype)
 
-    def absorb(self, shift: np.ndarray) -> None:
-        self.weight.set(self.corrected(shift))
+    def absorb(self, hessian: LayerHessian, original: np.ndarray, new: np.ndarray) -> None:
+        self.weight.set(self.corrected(hessian, original, new))
+
+
+def centered_where_biased(hessians: dict[str, LayerHessian], biases: dict[str, LayerBias]
+                          ) -> dict[str, LayerHessian]:
+    """Each weight's Hessian, centered when its layer has a bias to absorb the mean shift."""
+    return {name: h.centered() if name in biases else h for name, h in hessians.items()}
 
 
 def layer_bias(model: Model, w: Weight, create: bool = False) -> LayerBias | None:

@@ -274,7 +274,7 @@ def search_widths(
             values, nbytes = candidate(w, a, bits, h, ctx)
             candidates[(w.name, bits)] = {w.name: values}
             if w.name in biases:
-                candidates[(w.name, bits)][biases[w.name].name] = biases[w.name].corrected(h.mean_shift(a, values))
+                candidates[(w.name, bits)][biases[w.name].name] = biases[w.name].corrected(h, a, values)
             costs.append((bits, nbytes, output_error(h, a, values)))
         narrowest = costs[0][2]
         scale = (evaluator.distortion(candidates[(w.name, choices[0])]) / narrowest

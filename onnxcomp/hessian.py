@@ -203,6 +203,17 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData,
     return hessians
 
 
+def pooled(parts: Sequence[LayerHessian]) -> LayerHessian:
+    """The statistics of several disjoint sets of samples of one layer together (weighted by their counts), as
+    ``collect_hessians`` on their union would give them (without cross moments)."""
+    total = sum(h.count for h in parts)
+    if len(parts) == 1 or total == 0:
+        return parts[0]
+    H = sum(h.H * h.count for h in parts) / total
+    mean = sum(h.mean * h.count for h in parts) / total
+    return replace(parts[0], H=H, mean=mean, count=total, C=None, ref_mean=None, is_centered=False)
+
+
 def _groups(w: Weight) -> int:
     node = w.primary.node
     return int(node.attrs.get("group", 1)) if node.op == "Conv" else 1

@@ -42,10 +42,10 @@ from typing import Literal
 
 import numpy as np
 
-from onnxcomp.bias_correction import LayerBias, discard_unused, layer_bias
+from onnxcomp.bias_correction import LayerBias, centered_where_biased, discard_unused, layer_bias
 from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
-from onnxcomp.hessian import LayerHessian, collect_hessians, supports
+from onnxcomp.hessian import LayerHessian, collect_hessians, pooled, supports
 from onnxcomp.model import Model
 from onnxcomp.obs import prune_compensated
 from onnxcomp.pipeline import Pass, PassContext, PassResult
@@ -116,8 +116,7 @@ class PruneMagnitude(Pass):
             biases = {w.name: b for w in layers if supports(w) and (b := layer_bias(model, w, create=True))}
         inputs = {}
         if cfg.criterion == "activation":
-            inputs = {name: h.centered() if name in biases else h
-                      for name, h in collect_hessians(model, layers, ctx.calibration).items()}
+            inputs = centered_where_biased(collect_hessians(model, layers, ctx.calibration), biases)
         pruner = _Pruner(layers, inputs, biases)
         del inputs
         if cfg.mode == "global":
@@ -224,12 +223,15 @@ class PruneMagnitude(Pass):
         names = [w.name for w in pruner.layers]
         if not (cfg.compensate and pruner.compensation_flops(0.8) < _CHEAP_FLOPS):
             return [({}, WeightEvaluator(model, names, data, bound))]
+        splits = data.folds(round(1 / cfg.validation))
+        # One pass over the data: each fold's own statistics, pooled into every other fold's fit set.
+        parts = [collect_hessians(model, pruner.layers, check) for _, check in splits]
         folds = []
-        for a, b in data.folds(round(1 / cfg.validation)):
-            hessians = {name: h.centered() if name in pruner.biases else h
-                        for name, h in collect_hessians(model, pruner.layers, a).items()}
+        for i, (_, check) in enumerate(splits):
+            fitted = {name: pooled([p[name] for j, p in enumerate(parts) if j != i]) for name in parts[i]}
+            hessians = centered_where_biased(fitted, pruner.biases)
             biases = [pruner.biases[name].name for name in hessians if name in pruner.biases]
-            folds.append((hessians, WeightEvaluator(model, names + biases, b, bound)))
+            folds.append((hessians, WeightEvaluator(model, names + biases, check, bound)))
         return folds
 
 
@@ -288,7 +290,7 @@ class _Pruner:
         out = {name: new}
         if hessian.is_centered:
             bias = self.biases[name]
-            out[bias.name] = bias.corrected(hessian.mean_shift(a, new))
+            out[bias.name] = bias.corrected(hessian, a, new)
         return out
 
     def compensation_flops(self, sparsity: float) -> float:
@@ -322,7 +324,7 @@ class _Pruner:
             errors.append(hessian.output_error(self.original[i], new))
             w.set(new)
             if bias is not None:
-                bias.absorb(hessian.mean_shift(self.original[i], new))
+                bias.absorb(hessian, self.original[i], new)
         return errors
 
 

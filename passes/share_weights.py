@@ -76,7 +76,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse
 
-from onnxcomp.bias_correction import LayerBias, layer_bias
+from onnxcomp.bias_correction import LayerBias, centered_where_biased, layer_bias
 from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
 from onnxcomp.evaluator import FidelityBound
 from onnxcomp.hessian import LayerHessian, collect_hessians
@@ -149,8 +149,8 @@ class ShareWeights(Pass):
         if ctx.calibration is not None and (calibrated or to_allocate):
             biases = {w.name: b for w, _ in eligible if (b := layer_bias(model, w))}
         if ctx.calibration is not None and ((calibrated and not cfg.sequential) or to_allocate):
-            hessians = {name: h.centered() if name in biases else h for name, h in
-                        collect_hessians(model, [w for w, _ in eligible if not w.shared], ctx.calibration).items()}
+            hessians = centered_where_biased(
+                collect_hessians(model, [w for w, _ in eligible if not w.shared], ctx.calibration), biases)
         allocated = ""
         if to_allocate:
             chosen, allocated = self._allocate(model, to_allocate, ctx, result, hessians, biases)
@@ -179,7 +179,7 @@ class ShareWeights(Pass):
                 result.skipped.append((w.name, f"refinement skipped: no input Hessian for {w.primary.op}"))
             result.records.append(self._apply(plan, hessian, result))
             if hessian is not None and hessian.is_centered:
-                biases[w.name].absorb(hessian.mean_shift(before, w.array))
+                biases[w.name].absorb(hessian, before, w.array)
             result.modified = True
         bits = sorted({r["bits"] for r in result.records})
         result.summary = (f"shared {len(result.records)} weights at {'/'.join(map(str, bits))} bits"

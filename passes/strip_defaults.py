@@ -16,8 +16,6 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx
 import onnx.defs
 
@@ -28,14 +26,8 @@ _WINDOW_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"}
 _WORDED = {"dilations": 1, "strides": 1, "pads": 0}  # rule 3: every entry equals this
 
 
-@dataclass(frozen=True)
-class StripDefaultsConfig:
-    pass
-
-
 class StripDefaults(Pass):
     name = "strip_defaults"
-    Config = StripDefaultsConfig
     description = "drop node attributes equal to their ONNX default"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

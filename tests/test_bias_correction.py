@@ -93,7 +93,7 @@ def test_constant_input_weights_go_to_the_bias_exactly() -> None:
     new = prune_compensated(W.astype(np.float64), c.H[0], keep, damp=0.0)
     np.testing.assert_allclose(new[:, [0, 1, 3, 4, 5]], W[:, [0, 1, 3, 4, 5]], rtol=1e-6, atol=1e-6)
     bias = layer_bias(model, kernel)
-    bias.absorb(c.mean_shift(W, new.astype(np.float32)))
+    bias.absorb(c, W, new.astype(np.float32))
     kernel.set(new.astype(np.float32))
     after = run_ort(model.to_proto(), {"x": x})[0]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.calibration import CalibrationData
-from onnxcomp.hessian import collect_hessians, supports
+from onnxcomp.hessian import collect_hessians, pooled, supports
 from onnxcomp.model import Model
 from onnxcomp.weights import weight_table
 from tests.conftest import run_ort
@@ -68,3 +68,16 @@ def test_unsupported_weights_are_skipped() -> None:
     (weight,) = weight_table(model)
     assert not supports(weight)
     assert collect_hessians(model, [weight], CalibrationData([{"x": np.zeros((1, 3, 4, 4), np.float32)}])) == {}
+
+
+def test_pooled_equals_collecting_the_union() -> None:
+    w = RNG.normal(size=(5, 7)).astype(np.float32)
+    model = Model(_model(helper.make_node("Gemm", ["x", "w"], ["y"], transB=1), w, ["N", 7], ["N", 5]))
+    kernel = [k for k in weight_table(model) if k.name == "w"]
+    feeds = [{"x": RNG.normal(size=(n, 7)).astype(np.float32)} for n in (3, 8, 5)]
+    whole = collect_hessians(model, kernel, CalibrationData(feeds))["w"]
+    parts = [collect_hessians(model, kernel, CalibrationData([f]))["w"] for f in feeds]
+    both = pooled(parts)
+    assert both.count == whole.count == 16
+    np.testing.assert_allclose(both.H, whole.H, rtol=1e-10)
+    np.testing.assert_allclose(both.mean, whole.mean, rtol=1e-10)
