@@ -18,6 +18,9 @@ The sequential update only moves weights to the right of a pruned one, so with a
 not the least-squares optimum. Pruning therefore solves each row exactly when that is affordable: with kept set
 ``K`` of row ``r``, the optimum of ``(w' - w) H (w' - w)^T`` subject to ``w'[not K] = 0`` is
 ``w'_K = H_KK^{-1} H_K: w_r`` (one |K| x |K| solve per row), and falls back to the sequential form otherwise.
+:func:`pruning_flops` prices that choice. The sequential form's factor ``U`` does not depend on the mask, so a
+search that prunes one layer at many sparsities computes it once (:class:`Factors`) and pays ``rows * d^2`` per
+candidate instead of ``rows * |K|^3 / 3``.
 """
 
 from __future__ import annotations
@@ -53,12 +56,31 @@ def inverse_cholesky(H: np.ndarray, damp: float = 0.01) -> np.ndarray:
     return np.linalg.cholesky(Hinv).T
 
 
+class Factors:
+    """Memoised :func:`inverse_cholesky` factors, for prunings of the same Hessian at many sparsities (a search).
+
+    Keyed by the Hessian's memory (address, shape, strides), not by the array object: ``hessian.H[g]`` is a new
+    view at every call. The memo holds the array, so that memory cannot be reused by another one meanwhile;
+    Hessians are never written in place.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, H: np.ndarray, damp: float) -> np.ndarray:
+        key = (H.__array_interface__["data"][0], H.shape, H.strides, H.dtype.str, damp)
+        if key not in self._memo:
+            self._memo[key] = (H, inverse_cholesky(H, damp))
+        return self._memo[key][1]
+
+
 def compensate(
     W: np.ndarray,
     H: np.ndarray,
     target: Callable[[np.ndarray, int], np.ndarray],
     damp: float = 0.01,
     block: int = 128,
+    factors: Factors | None = None,
 ) -> np.ndarray:
     """Return ``W`` with every column replaced by ``target(column, j)`` and the error pushed onto later columns.
 
@@ -68,7 +90,7 @@ def compensate(
     W = np.array(W, dtype=np.float64, copy=True)
     dead = np.diag(H) == 0
     W[:, dead] = 0.0
-    U = inverse_cholesky(H, damp)
+    U = factors.get(H, damp) if factors is not None else inverse_cholesky(H, damp)
     d = W.shape[1]
     for start in range(0, d, block):
         end = min(start + block, d)
@@ -87,23 +109,40 @@ def compensate(
     return W
 
 
+EXACT_BUDGET = 2e9  # flops of exact per-row solves above which pruning compensates sequentially
+
+
+def pruning_flops(kept: np.ndarray, d: int, factored: bool = False, exact_budget: float = EXACT_BUDGET) -> float:
+    """Flops of :func:`prune_compensated` for rows keeping ``kept`` of ``d`` weights each: the exact solves, or
+    the sequential update (plus the factor of ``H^{-1}`` unless ``factored``, i.e. memoised by :class:`Factors`)."""
+    exact = _exact_flops(kept, d)
+    if exact <= exact_budget:
+        return exact
+    return float(np.size(kept) * d * d + (0.0 if factored else 2.0 * d**3))
+
+
+def _exact_flops(kept: np.ndarray, d: int) -> float:
+    kept = np.asarray(kept, dtype=np.float64)
+    return float(np.sum(kept**3) / 3 + kept.sum() * d)
+
+
 def prune_compensated(
     W: np.ndarray,
     H: np.ndarray,
     keep: np.ndarray,
     damp: float = 0.01,
     block: int = 128,
-    exact_budget: float = 2e9,
+    exact_budget: float = EXACT_BUDGET,
+    factors: Factors | None = None,
 ) -> np.ndarray:
     """Zero the weights where ``keep`` is False and re-fit the kept ones to preserve the layer's output.
 
-    Exact per-row least squares when the solves cost at most ``exact_budget`` flops, else the sequential
-    SparseGPT update with the fixed mask.
+    Exact per-row least squares when the solves cost at most ``exact_budget`` flops (:func:`pruning_flops`),
+    else the sequential SparseGPT update with the fixed mask (its factor taken from ``factors`` when given).
     """
     keep = keep.astype(bool)
-    kept = keep.sum(axis=1).astype(np.float64)
-    if float(np.sum(kept**3) / 3 + kept.sum() * W.shape[1]) > exact_budget:
-        return compensate(W, H, lambda col, j: np.where(keep[:, j], col, 0.0), damp, block)
+    if _exact_flops(keep.sum(axis=1), W.shape[1]) > exact_budget:
+        return compensate(W, H, lambda col, j: np.where(keep[:, j], col, 0.0), damp, block, factors)
     Hd = dampened(H, damp)
     dead = np.diag(H) == 0
     out = np.zeros(W.shape, dtype=np.float64)

@@ -30,6 +30,12 @@ Rules:
    in int4 storage, Huffman-skewed codes).
    ``standard`` leaves all integer codes as they are: DequantizeLinear is standard ONNX.
 
+6. ``half`` (both formats): a float32/float64 layer parameter (weight-table role ``weight`` or ``bias``) that
+   was not lowered above and whose every value is exactly a float16 (``share_weights`` rounds the biases of the
+   layers it shares so, ``bias_dtype``) is stored as a float16 initializer behind ``Cast``, under its own name;
+   only when that saves more than the Cast node costs (``_CAST_BYTES``). Lossless, and standard ONNX
+   (onnxruntime folds the Cast at load).
+
 Each lowered weight gives a record: layer, weight, format, encoding, bytes before/after, bytes by section.
 """
 
@@ -61,6 +67,8 @@ from onnxcomp.weights import NARROW_INTS, Use, Weight, is_integer_dtype, stored_
 
 _UINT4_OPSET = 21  # Cast from UINT4 (and UINT4 tensors in general) is ai.onnx opset 21
 _PACKED_CODES = (np.int8, np.uint8)  # integer codes the packed format stores (stack.py's integer dtypes)
+_CAST_BYTES = 32  # about what a Cast node and its float16 initializer's header add to the file (rule 6)
+_HALF_ROLES = ("weight", "bias")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class PackConfig:
     min_elements: int = 1024
     huffman: bool = True  # packed: allow Huffman coding of indices and gaps
     sparse: bool = True  # packed: allow the CSR relative-index format
+    half: bool = True  # float parameters whose values are all exact float16s stored as float16 + Cast (rule 6)
 
     def __post_init__(self) -> None:
         if self.format not in ("packed", "standard"):
@@ -101,6 +110,13 @@ class PackWeights(Pass):
                     continue
                 reason = record_or_reason
             result.skipped.append((w.name, reason))
+        if cfg.half:
+            for w in weight_table(model):
+                if w.role in _HALF_ROLES and _refusal(w, owner, 1) is None:
+                    record = _lower_half(owner[id(w.uses[0].node)], w, names)
+                    if record is not None:
+                        result.records.append(record)
+                        result.modified = True
         before = sum(r["bytes_before"] for r in result.records)
         after = sum(r["bytes_after"] for r in result.records)
         result.summary = (f"{len(result.records)} weights {cfg.format}: {before:,} B -> {after:,} B"
@@ -180,6 +196,27 @@ def _lower_packed(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, nam
     return record
 
 
+def _lower_half(graph: gs.Graph, w: Weight, names: set[str]) -> dict | None:
+    """Rule 6, or None when the tensor is not float32/64, not exactly float16, or too small to gain."""
+    values = w.array
+    if values.dtype not in (np.float32, np.float64):
+        return None
+    half = values.astype(np.float16)
+    uint = np.uint32 if values.dtype == np.float32 else np.uint64
+    if not np.array_equal(half.astype(values.dtype).view(uint), values.view(uint)):  # bit patterns, -0.0 too
+        return None
+    if values.nbytes - half.nbytes <= _CAST_BYTES:
+        return None
+    stored = gs.Constant(unique_name(w.name + "_f16", names), half)
+    cast = gs.Node("Cast", name=unique_name(w.name + "_cast", names), inputs=[stored],
+                   attrs={"to": int(onnx.helper.np_dtype_to_tensor_dtype(values.dtype))})
+    record = _record(w, "float16", "float16 + Cast", {}, after=int(half.nbytes))
+    out, at = _take_weight_name(graph, w)
+    cast.outputs = [out]
+    graph.nodes.insert(at, cast)
+    return record
+
+
 def _take_weight_name(graph: gs.Graph, w: Weight, dtype=None) -> tuple[gs.Variable, int]:
     """A variable under the weight's name that its consumers now read, and where its producer goes (rule 4)."""
     if w.producer is not None:  # a Constant node: its output variable (name, consumers) is kept
@@ -194,9 +231,11 @@ def _take_weight_name(graph: gs.Graph, w: Weight, dtype=None) -> tuple[gs.Variab
     return out, 0
 
 
-def _record(w: Weight, fmt: str, encoding: str, sections: dict[str, int], stored: int | None = None) -> dict:
+def _record(w: Weight, fmt: str, encoding: str, sections: dict[str, int], stored: int | None = None,
+            after: int | None = None) -> dict:
+    """``sections``: the bytes of a packed blob by section (``after`` defaults to their sum)."""
     before = int(w.array.nbytes if stored is None else stored)
-    after = int(sum(sections.values()))
+    after = int(sum(sections.values()) if after is None else after)
     layer = w.layer
     if np.dtype(w.tensor.dtype).kind != "f":  # quantized codes: the layer reads the DequantizeLinear's output
         readers = w.primary.node.outputs[0].outputs if w.primary.node.outputs else []

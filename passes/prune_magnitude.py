@@ -37,6 +37,7 @@ Pruned weights are exact zeros; storage (CSR, Huffman) is decided later by ``pac
 from __future__ import annotations
 
 import fnmatch
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,7 +48,7 @@ from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
 from onnxcomp.hessian import LayerHessian, collect_hessians, pooled, supports
 from onnxcomp.model import Model
-from onnxcomp.obs import prune_compensated
+from onnxcomp.obs import Factors, prune_compensated, pruning_flops
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.progress import Progress
 from onnxcomp.search import ncs_minimize
@@ -55,7 +56,9 @@ from onnxcomp.weights import Weight, weight_table
 
 _SCAN = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 _STEP = 0.005  # searched sparsities are rounded to this grid, so that candidates share compensated layers
+_CACHE_BYTES = 256 << 20  # pruned layers the search keeps for reuse by later candidates (least recently used go)
 _CHEAP_FLOPS = 5e9  # compensation cost per candidate below which the search scores compensated weights
+# (with the factors of the sequential form computed once per layer and fold: obs.Factors)
 
 
 @dataclass(frozen=True)
@@ -142,16 +145,19 @@ class PruneMagnitude(Pass):
         cfg = self.config
         bound = FidelityBound(cfg.metric, cfg.max_drop)
         folds = self._folds(model, pruner, ctx.calibration, bound)
-        cache: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
+        cache = _LayerCache(_CACHE_BYTES)
+        factors = Factors()  # the sequential form's factor of each fold's Hessians, shared by all candidates
 
         def weights_for(fold: int, hessians: dict[str, LayerHessian], sparsities: np.ndarray
                         ) -> dict[str, np.ndarray]:
             feeds = {}
             for i, s in enumerate(sparsities):
                 k = pruner.count(i, s, _STEP)
-                if (fold, i, k) not in cache:
-                    cache[(fold, i, k)] = pruner.pruned(i, k, hessians.get(pruner.layers[i].name), cfg.damp)
-                feeds.update(cache[(fold, i, k)])
+                layer = cache.get((fold, i, k))
+                if layer is None:
+                    layer = pruner.pruned(i, k, hessians.get(pruner.layers[i].name), cfg.damp, factors)
+                    cache.put((fold, i, k), layer)
+                feeds.update(layer)
             return feeds
 
         def violation(s: np.ndarray) -> float:
@@ -235,6 +241,29 @@ class PruneMagnitude(Pass):
         return folds
 
 
+class _LayerCache:
+    """Pruned layers by (fold, layer, count), least recently used dropped beyond ``limit`` bytes: candidates of a
+    search share most of their layers, but keeping every one of them grows without bound on larger models
+    (VGG's 400k-weight classifier: ~10 GB before this limit)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.nbytes = 0
+        self._items: OrderedDict[tuple[int, int, int], dict[str, np.ndarray]] = OrderedDict()
+
+    def get(self, key: tuple[int, int, int]) -> dict[str, np.ndarray] | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+        return self._items.get(key)
+
+    def put(self, key: tuple[int, int, int], value: dict[str, np.ndarray]) -> None:
+        self._items[key] = value
+        self.nbytes += sum(a.nbytes for a in value.values())
+        while self.nbytes > self.limit and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= sum(a.nbytes for a in old.values())
+
+
 class _Pruner:
     """Per-layer score order, computed once; ``count`` weights of layer ``i`` are its lowest-scored ones.
 
@@ -278,7 +307,8 @@ class _Pruner:
         keep[self.order[i][:count]] = False
         return keep.reshape(self.original[i].shape)
 
-    def pruned(self, i: int, count: int, hessian: LayerHessian | None, damp: float) -> dict[str, np.ndarray]:
+    def pruned(self, i: int, count: int, hessian: LayerHessian | None, damp: float,
+               factors: Factors | None = None) -> dict[str, np.ndarray]:
         """Layer ``i`` with its ``count`` lowest-scored weights pruned (and compensated with ``hessian``), and its
         corrected bias when the Hessian is centered: tensor name -> values."""
         a = self.original[i]
@@ -286,7 +316,7 @@ class _Pruner:
         keep = self.mask(i, count)
         if hessian is None:
             return {name: np.where(keep, a, 0).astype(a.dtype)}
-        new = _compensated(a, keep, hessian, damp) if count else a
+        new = _compensated(a, keep, hessian, damp, factors) if count else a
         out = {name: new}
         if hessian.is_centered:
             bias = self.biases[name]
@@ -294,13 +324,13 @@ class _Pruner:
         return out
 
     def compensation_flops(self, sparsity: float) -> float:
+        """Flops of compensating every layer at ``sparsity`` once more in a search (factors already memoised)."""
         total = 0.0
         for w in self.layers:
             if supports(w):
                 rows = w.shape[w.layout.out_axis]
-                d = w.size / rows  # fan-in (per group)
-                kept = (1 - sparsity) * d
-                total += rows * (kept**3 / 3 + kept * d)
+                d = w.size // rows  # fan-in (per group; the sequential form costs rows * d^2 over all groups)
+                total += pruning_flops(np.full(rows, (1 - sparsity) * d), d, factored=True)
         return total
 
     def apply(self, model: Model, counts: list[int], calibration, damp: float, seed: int) -> list[float | None]:
@@ -337,10 +367,12 @@ def _score(a: np.ndarray, hessian: LayerHessian | None) -> np.ndarray:
     return hessian.from_matrix(hessian.to_matrix(score) * energy[:, None, :])
 
 
-def _compensated(a: np.ndarray, keep: np.ndarray, hessian: LayerHessian, damp: float) -> np.ndarray:
+def _compensated(a: np.ndarray, keep: np.ndarray, hessian: LayerHessian, damp: float,
+                 factors: Factors | None = None) -> np.ndarray:
     W = hessian.retarget(hessian.to_matrix(a.astype(np.float64)), damp)
     K = hessian.to_matrix(keep)
-    out = np.stack([prune_compensated(W[g], hessian.H[g], K[g], damp) for g in range(hessian.groups)])
+    out = np.stack([prune_compensated(W[g], hessian.H[g], K[g], damp, factors=factors)
+                    for g in range(hessian.groups)])
     return np.where(keep, hessian.from_matrix(out), 0).astype(a.dtype)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.obs import compensate, output_error, prune_compensated
+from onnxcomp.obs import EXACT_BUDGET, Factors, compensate, output_error, prune_compensated, pruning_flops
 
 RNG = np.random.default_rng(0)
 
@@ -57,3 +57,31 @@ def test_quantization_target() -> None:
     q = compensate(W, H, grid)
     assert np.allclose(q * 4, np.round(q * 4))
     assert output_error(W, q, H) < output_error(W, grid(W, 0), H)
+
+
+def test_memoised_factors_give_the_same_pruning_and_are_keyed_by_hessian() -> None:
+    """A search prunes one layer at many sparsities: the sequential form's factor is computed once per Hessian."""
+    W, H = _problem(rows=8, d=24)
+    stacked = np.stack([H, 2 * H])  # a LayerHessian's (groups, d, d): each H[g] is a new view object
+    factors = Factors()
+    for q in (0.5, 0.7, 0.9):
+        keep = np.abs(W) > np.quantile(np.abs(W), q)
+        np.testing.assert_array_equal(prune_compensated(W, stacked[0], keep, exact_budget=0, factors=factors),
+                                      prune_compensated(W, H, keep, exact_budget=0))
+    assert len(factors._memo) == 1
+    prune_compensated(W, stacked[1], keep, exact_budget=0, factors=factors)
+    assert len(factors._memo) == 2
+    _, H2 = _problem(rows=8, d=24)  # another Hessian (same shape) gets its own factor, not the first one's
+    keep = np.abs(W) > np.quantile(np.abs(W), 0.5)
+    np.testing.assert_array_equal(prune_compensated(W, H2, keep, exact_budget=0, factors=factors),
+                                  prune_compensated(W, H2, keep, exact_budget=0))
+    assert len(factors._memo) == 3
+
+
+def test_pruning_flops_prices_the_path_prune_compensated_takes() -> None:
+    d = 3136
+    few = np.full(128, 100)  # cheap exact solves
+    many = np.full(128, 2000)  # exact solves over the budget: the sequential form
+    assert pruning_flops(few, d) == 128 * (100**3 / 3 + 100 * d) <= EXACT_BUDGET
+    assert pruning_flops(many, d) == 128 * d * d + 2.0 * d**3
+    assert pruning_flops(many, d, factored=True) == 128 * d * d

@@ -345,3 +345,26 @@ def test_malformed_integer_blob_is_a_codec_error(lenet_w3):
         runtime.InferenceSession(packed)
     with pytest.raises(CodecError, match="CRC"):
         runtime.unpack(packed)
+
+
+def test_float16_exact_parameters_are_stored_half(lenet, feed):
+    """Rule 6: fires on float parameters whose values are all float16s (not on others, not with half: false), and
+    the model computes the same in stock onnxruntime."""
+    _, plain = _pack(lenet, format="standard")
+    assert not [r for r in plain.records if r["format"] == "float16"]  # trained biases are not float16s
+    model = Model.load(lenet)
+    for w in weight_table(model):
+        if w.role == "bias":
+            w.set(w.array.astype(np.float16).astype(np.float32))
+    rounded = model.to_proto()
+    packed, result = _pack(rounded, format="packed")
+    half = [r for r in result.records if r["format"] == "float16"]
+    assert [r["weight"] for r in half] == ["fc1.bias", "fc2.bias"]  # fc3.bias: 10 values, not worth a Cast
+    assert half[0]["bytes_before"] == 1200 and half[0]["bytes_after"] == 600
+    inits = {t.name: t for t in packed.graph.initializer}
+    assert inits["fc1.bias_f16"].data_type == TensorProto.FLOAT16 and "fc1.bias" not in inits
+    assert _ops(packed).count("Cast") == 2
+    sess = runtime.InferenceSession(packed)
+    np.testing.assert_array_equal(sess.run(None, feed)[0], _float_run(rounded, feed))
+    _, off = _pack(rounded, format="packed", half=False)
+    assert not [r for r in off.records if r["format"] == "float16"]

@@ -81,3 +81,27 @@ def test_requirements_and_validation() -> None:
         _prune({"mode": "layer", "sparsity": 1.5})
     result = _prune({"mode": "layer", "sparsity": 0.5, "compensate": False}, calibration=None)
     assert result.report.fidelity is not None  # seeded random feeds stand in
+
+
+def test_search_cache_drops_least_recently_used_layers() -> None:
+    from passes.prune_magnitude import _LayerCache
+
+    cache = _LayerCache(limit=3 * 800)
+    for k in range(3):
+        cache.put((0, 0, k), {"w": np.zeros(100)})  # 800 B each
+    assert cache.get((0, 0, 0)) is not None  # now the most recently used
+    cache.put((0, 0, 3), {"w": np.zeros(100)})
+    assert cache.get((0, 0, 1)) is None and cache.get((0, 0, 0)) is not None
+    assert cache.nbytes == 3 * 800
+
+
+def test_large_layers_are_searched_compensated() -> None:
+    """VGG's 128x3136 classifier is too costly for exact per-row solves per candidate, but its sequential
+    compensation with the memoised factor is cheap: the search scores compensated candidates."""
+    from onnxcomp.pipeline import PassResult
+    from passes.prune_magnitude import _CHEAP_FLOPS, MagnitudePruneConfig, _prunable, _Pruner
+
+    model = Model.load(paths.model_path("mnist_vgg"))
+    pruner = _Pruner(_prunable(model, MagnitudePruneConfig(), PassResult(modified=False)))
+    assert pruner.compensation_flops(0.8) < _CHEAP_FLOPS
+    assert pruner.compensation_flops(0.0) > 0
