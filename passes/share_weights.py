@@ -196,6 +196,10 @@ class ShareWeights(Pass):
     def _half(self) -> bool:
         return self.config.codebook_dtype == "float16"
 
+    def _book_bytes(self, array: np.ndarray, k: int) -> int:
+        """Bytes of a k-entry codebook as pack_weights stores it (rule 8: float16 entries)."""
+        return k * (2 if self._half else array.dtype.itemsize)
+
     def _eligible(self, w: Weight, result: PassResult) -> np.ndarray | None:
         """The weight's array when rule 1 lets the pass touch it, else None (and the reason recorded)."""
         cfg = self.config
@@ -243,7 +247,7 @@ class ShareWeights(Pass):
         nonzero = array[mask]
         if np.unique(nonzero).size <= k:
             labels = np.unique(nonzero, return_inverse=True)[1]
-            return array, entropy_bytes(labels) + 4 * k
+            return array, entropy_bytes(labels) + self._book_bytes(array, k)
         clustering = kmeans1d(nonzero, k, self.config.init, seed=_seed(ctx, w))
         centroids = clustering.centroids
         assign = _snap(nonzero, centroids)
@@ -252,7 +256,7 @@ class ShareWeights(Pass):
             labels[mask] = assign
             centroids = _refine(h, array, labels, centroids, self.config.ridge)
         values = _values(array, mask, centroids, assign, array.dtype, self._half)
-        return values, entropy_bytes(assign) + 4 * k
+        return values, entropy_bytes(assign) + self._book_bytes(array, k)
 
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
         """Re-fit the layer's nonzero weights to the original outputs from its current inputs (least squares on
