@@ -68,3 +68,28 @@ def test_non_defaults_and_custom_domains_are_kept(tmp_path) -> None:
     m = Model(model)
     StripDefaults(StripDefaults.Config()).run(m, None)
     assert {a.name for a in m.to_proto().graph.node[-1].attribute} == {"alpha"}
+
+
+def test_value_info_drop_keeps_boundaries_and_outputs(tmp_path) -> None:
+    """Rule 4: intermediate shapes go with ``value_info: drop`` (not by default); graph inputs/outputs keep theirs."""
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])], [w],
+                              value_info=[helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 3, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    x = np.random.default_rng(0).normal(size=(1, 1, 5, 5)).astype(np.float32)
+    for mode, kept in (("keep", ["c"]), ("drop", [])):
+        out = tmp_path / f"{mode}.onnx"
+        result = compress(src, recipe={"name": "s", "passes": [{"strip_defaults": {"value_info": mode}}]},
+                          output=out)
+        proto = onnx.load(out)
+        assert [v.name for v in proto.graph.value_info] == kept
+        assert proto.graph.input[0].type == model.graph.input[0].type
+        assert proto.graph.output[0].type == model.graph.output[0].type
+        np.testing.assert_array_equal(run_ort(str(src), {"x": x})[0], run_ort(proto, {"x": x})[0])
+        assert ("value_info of 1 intermediate tensors dropped" in result.report.passes[0].summary) == (mode == "drop")
