@@ -51,7 +51,7 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxcomp.kernels import schema
 
-from onnxcomp.codecs.stack import dense_codebook, encode_weight, to_blob
+from onnxcomp.codecs.stack import dense_codebook, encode_weight, exactly_float16, to_blob
 from onnxcomp.graph_edit import (
     detach,
     is_graph_output,
@@ -199,14 +199,9 @@ def _lower_packed(model: Model, graph: gs.Graph, w: Weight, cfg: PackConfig, nam
 def _lower_half(graph: gs.Graph, w: Weight, names: set[str]) -> dict | None:
     """Rule 6, or None when the tensor is not float32/64, not exactly float16, or too small to gain."""
     values = w.array
-    if values.dtype not in (np.float32, np.float64):
+    if not exactly_float16(values) or values.nbytes - 2 * values.size <= _CAST_BYTES:
         return None
     half = values.astype(np.float16)
-    uint = np.uint32 if values.dtype == np.float32 else np.uint64
-    if not np.array_equal(half.astype(values.dtype).view(uint), values.view(uint)):  # bit patterns, -0.0 too
-        return None
-    if values.nbytes - half.nbytes <= _CAST_BYTES:
-        return None
     stored = gs.Constant(unique_name(w.name + "_f16", names), half)
     cast = gs.Node("Cast", name=unique_name(w.name + "_cast", names), inputs=[stored],
                    attrs={"to": int(onnx.helper.np_dtype_to_tensor_dtype(values.dtype))})

@@ -27,7 +27,7 @@ import onnx
 import onnx.defs
 import onnx_graphsurgeon as gs
 
-from onnxcomp.model import Model, iter_graphs
+from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 
 _WINDOW_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"}
@@ -53,7 +53,7 @@ class StripDefaults(Pass):
         opset = model.graph.opset
         dropped = 0
         nbytes = 0
-        for g in iter_graphs(model.graph):
+        for g in model.graphs():
             for node in g.nodes:
                 if node.domain not in (None, "", "ai.onnx"):
                     continue
@@ -75,7 +75,7 @@ def _drop_value_info(model: Model) -> int:
     """Rule 4: forget the dtype and shape of every intermediate variable (they are what is exported as
     value_info); the count of those that had one."""
     cleared = 0
-    for g in iter_graphs(model.graph):
+    for g in model.graphs():
         boundary = {id(t) for t in list(g.inputs) + list(g.outputs)}
         for tensor in g.tensors().values():
             if isinstance(tensor, gs.Variable) and id(tensor) not in boundary and (

@@ -358,3 +358,14 @@ def test_float16_codebook_flag_is_checked() -> None:
     imeta = ints.header_binary()
     ibody = imeta + b"".join(ints.sections.values())
     _assert_codec_error(blob(1, body=ibody, meta_len=len(imeta)))  # a float16 codebook for int8 codes
+
+
+def test_exactly_float16_is_bit_exact() -> None:
+    from onnxcomp.codecs.stack import exactly_float16
+
+    halves = np.float16([0.5, -0.0, 65504.0, 6e-8]).astype(np.float32)
+    assert exactly_float16(halves) and exactly_float16(halves.astype(np.float64))
+    assert not exactly_float16(np.float32([0.5, 0.1]))  # 0.1 is not a float16
+    assert not exactly_float16(np.float32([1e5]))  # beyond float16's range
+    assert not exactly_float16(np.array([0x7FC00001], np.uint32).view(np.float32))  # a NaN payload float16 loses
+    assert not exactly_float16(np.int8([1, 2])) and not exactly_float16(halves.astype(np.float16))

@@ -84,7 +84,7 @@ def test_requirements_and_validation() -> None:
 
 
 def test_search_cache_drops_least_recently_used_layers() -> None:
-    from passes.prune_magnitude import _LayerCache
+    from onnxcomp.passes.prune_magnitude import _LayerCache
 
     cache = _LayerCache(limit=3 * 800)
     for k in range(3):
@@ -98,8 +98,9 @@ def test_search_cache_drops_least_recently_used_layers() -> None:
 def test_large_layers_are_searched_compensated() -> None:
     """VGG's 128x3136 classifier is too costly for exact per-row solves per candidate, but its sequential
     compensation with the memoised factor is cheap: the search scores compensated candidates."""
+    from onnxcomp.passes.prune_magnitude import _CHEAP_FLOPS, MagnitudePruneConfig, _prunable, _Pruner
+
     from onnxcomp.pipeline import PassResult
-    from passes.prune_magnitude import _CHEAP_FLOPS, MagnitudePruneConfig, _prunable, _Pruner
 
     model = Model.load(paths.model_path("mnist_vgg"))
     pruner = _Pruner(_prunable(model, MagnitudePruneConfig(), PassResult(modified=False)))

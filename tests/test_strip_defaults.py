@@ -62,8 +62,9 @@ def test_non_defaults_and_custom_domains_are_kept(tmp_path) -> None:
     model.graph.node.append(custom)
     model.graph.output[0].name = "z"
     model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    from onnxcomp.passes.strip_defaults import StripDefaults
+
     from onnxcomp.model import Model
-    from passes.strip_defaults import StripDefaults
 
     m = Model(model)
     StripDefaults(StripDefaults.Config()).run(m, None)

@@ -168,6 +168,17 @@ def _cheapest(array: np.ndarray, allow_sparse: bool, allow_codebook: bool, allow
     return arr, min(plans, key=lambda p: p.nbytes(shape, arr.dtype.name))  # first among equals: the simplest
 
 
+def exactly_float16(values: np.ndarray) -> bool:
+    """Whether ``values`` are float32/float64 and every one is exactly a float16, bit for bit (-0.0 included; a
+    NaN payload float16 cannot hold is not)."""
+    if values.dtype not in (np.float32, np.float64):
+        return False
+    bits = np.dtype(f"u{values.dtype.itemsize}")
+    with np.errstate(over="ignore"):  # beyond float16's range: inf, which then differs
+        half = values.astype(np.float16)
+    return bool(np.array_equal(half.astype(values.dtype).view(bits), values.view(bits)))
+
+
 def dense_codebook(array: np.ndarray, limit: int = MAX_CODEBOOK) -> tuple[np.ndarray, np.ndarray] | None:
     """(codebook, indices) with ``codebook[indices] == array`` bit for bit, or None above ``limit`` values.
 
@@ -204,10 +215,7 @@ class _Facts:
     @functools.cached_property
     def half_book(self) -> bool:
         """Whether every codebook level of a float32/float64 weight is exactly a float16 (bit for bit)."""
-        if self.levels is None or self.dtype.name not in ("float32", "float64"):
-            return False
-        values = self.levels.view(self.dtype)
-        return bool(np.array_equal(values.astype(np.float16).astype(self.dtype).view(self.levels.dtype), self.levels))
+        return self.levels is not None and exactly_float16(self.levels.view(self.dtype))
 
     def book(self, zero: int) -> tuple[bytes, int, dict[str, str]]:
         """The codebook (``zero`` leading 0.0 entries, then the levels): its bytes, their count, its meta."""
