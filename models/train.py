@@ -42,6 +42,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760
 
 N_CALIB_SAVED = 500  # samples written to mnist_calib.npz (all calibration samples)
+N_TRAIN_SAVED = 2000  # training-split samples written to mnist_train2k.npz (calibration for compensated fits)
 
 
 def seed_everything(seed: int) -> None:
@@ -335,8 +336,10 @@ def main() -> None:
     (dx_tr, dy_tr), (dx_ca, dy_ca), (dx_te, dy_te) = load_digits()
     save_npz(DATA / "mnist_calib.npz", mx_ca[:N_CALIB_SAVED], my_ca[:N_CALIB_SAVED])
     save_npz(DATA / "mnist_test.npz", mx_te, my_te)
+    save_npz(DATA / "mnist_train2k.npz", mx_tr[:N_TRAIN_SAVED], my_tr[:N_TRAIN_SAVED])
     save_npz(DATA / "digits_calib.npz", dx_ca, dy_ca)
     save_npz(DATA / "digits_test.npz", dx_te, dy_te)
+    save_npz(DATA / "digits_train.npz", dx_tr, dy_tr)
 
     mnist_aug = dict(mean=MNIST_MEAN, std=MNIST_STD, shift=2.5, rot_deg=12, scale=0.1)
     specs = [

@@ -94,7 +94,7 @@ def compress(
     outcomes = recipe.pipeline().run(model, ctx, on_step=on_step)
 
     result = model.to_proto()
-    notes = []
+    notes = [f"{o.name}: {n}" for o in outcomes for n in o.result.notes]
     if held_back is not None:
         fidelity_data = f"{held_back.num_samples} held-back calibration samples"
     else:

@@ -37,6 +37,8 @@ from onnxcomp.model import Model
 from onnxcomp.obs import dampened, output_error
 from onnxcomp.weights import Weight
 
+SAMPLES_PER_INPUT = 2  # input vectors per input width below which a fitted layer gets a note (few_samples)
+
 
 @dataclass
 class LayerHessian:
@@ -106,6 +108,17 @@ class LayerHessian:
         """Relative output change of replacing ``original`` by ``new`` (ONNX layout), over all groups."""
         return output_error(self.to_matrix(original.astype(np.float64)), self.to_matrix(new.astype(np.float64)),
                             self.H)
+
+    def few_samples(self, layer: str) -> str | None:
+        """A note when the statistics come from fewer input vectors than ``SAMPLES_PER_INPUT`` times the input
+        width: a least-squares fit on them (compensation, retargeting, refinement) matches the calibration
+        inputs better than new ones, and the bounds checked on held-out samples then accept less compression.
+        (LeNet-300's 784-wide first layer: 500 calibration images give 32x, 2000 give 51x at the same bound.)"""
+        d = self.H.shape[-1]
+        if self.count >= SAMPLES_PER_INPUT * d:
+            return None
+        return (f"{layer}: fitted on {self.count} input vectors of width {d}; "
+                f">= {SAMPLES_PER_INPUT * d} (more calibration samples) would generalise better")
 
     def to_matrix(self, array: np.ndarray) -> np.ndarray:
         """Weight in ONNX layout -> (groups, rows per group, d), columns in H's order."""

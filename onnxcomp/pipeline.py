@@ -29,6 +29,7 @@ class PassResult:
     modified: bool
     records: list[dict[str, Any]] = field(default_factory=list)  # one row per layer touched
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    notes: list[str] = field(default_factory=list)  # what the user should know that is not a skip (report notes)
     summary: str = ""
     renamed: dict[str, str] = field(default_factory=dict)  # tensor name -> new name (reports show the old ones)
     renamed_nodes: dict[str, str] = field(default_factory=dict)  # node name -> new name

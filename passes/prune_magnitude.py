@@ -128,7 +128,7 @@ class PruneMagnitude(Pass):
             counts = [pruner.layer_count(i, cfg) for i in range(len(layers))]
         else:
             counts = self._search(model, pruner, ctx, result, uniform=cfg.mode == "uniform")
-        final = pruner.apply(model, counts, ctx.calibration if cfg.compensate else None, cfg.damp, ctx.seed)
+        final = pruner.apply(model, counts, ctx.calibration if cfg.compensate else None, cfg.damp, result.notes)
         discard_unused(model, list(biases.values()))
         result.modified = any(c > 0 for c in counts)
         total = sum(w.size for w in layers)
@@ -333,9 +333,10 @@ class _Pruner:
                 total += pruning_flops(np.full(rows, (1 - sparsity) * d), d, factored=True)
         return total
 
-    def apply(self, model: Model, counts: list[int], calibration, damp: float, seed: int) -> list[float | None]:
+    def apply(self, model: Model, counts: list[int], calibration, damp: float,
+              notes: list[str]) -> list[float | None]:
         """Prune every layer; with calibration, compensate in graph order on already-compressed inputs,
-        re-fitting each layer to the original model's outputs."""
+        re-fitting each layer to the original model's outputs. Layers fitted on few samples are noted."""
         errors: list[float | None] = []
         reference = model.copy() if calibration is not None else None
         for i, (w, k) in enumerate(zip(self.layers, counts)):
@@ -347,6 +348,8 @@ class _Pruner:
                 w.set(np.where(keep, self.original[i], 0).astype(self.original[i].dtype))
                 errors.append(None)
                 continue
+            if (note := hessian.few_samples(w.layer)) is not None:
+                notes.append(note)
             bias = self.biases.get(w.name)
             if bias is not None:
                 hessian = hessian.centered()

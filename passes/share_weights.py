@@ -177,6 +177,8 @@ class ShareWeights(Pass):
                     plan = self._retarget(plan, hessian, ctx)
             else:
                 hessian = hessians.get(w.name)
+            if hessian is not None and (note := hessian.few_samples(w.layer)) is not None:
+                result.notes.append(note)
             before = w.array
             if calibrated and w.shared:
                 result.skipped.append((w.name, f"refinement skipped: shared by {len(w.uses)} nodes"))

@@ -59,6 +59,15 @@ def test_compensation_halves_the_accuracy_drop() -> None:
     assert drops[True] <= 0.5 * drops[False]  # ... compensation recovers most of it
 
 
+def test_layers_fitted_on_few_samples_are_noted() -> None:
+    """384 fitting samples: fc1 (784 inputs) and fc2 (300) are fitted on fewer than 2 per input, fc3 (100) is not."""
+    notes = _prune({"mode": "layer", "sparsity": 0.5}).report.notes
+    noted = {n.split(":")[1].strip() for n in notes if n.startswith("prune_magnitude:")}
+    assert noted == {"/fc1/Gemm", "/fc2/Gemm"}, notes
+    assert "input vectors of width 784" in " ".join(notes)
+    assert not _prune({"mode": "layer", "sparsity": 0.5, "compensate": False}).report.notes  # nothing fitted
+
+
 def test_auto_search_respects_the_bound() -> None:
     result = _prune({"mode": "auto", "metric": "agreement", "max_drop": 0.02, "compensate": False,
                      "population": 3, "generations": 3}, holdout=0.1)
