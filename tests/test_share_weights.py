@@ -18,7 +18,7 @@ from onnxcomp.errors import RecipeError
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import kmeans1d
 from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext
+from onnxcomp.pipeline import PassContext, PassResult
 from onnxcomp.recipe import load_recipe
 from onnxcomp.runtime import unpack
 from onnxcomp.weights import weight_table
@@ -364,6 +364,24 @@ def test_compensated_assignment_lowers_output_error() -> None:
         kernels = [w.array for w in weight_table(result.model) if w.role == "weight"]
         assert all(np.unique(k[k != 0]).size <= 4 for k in kernels)
     assert errors[True] < errors[False]
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_width_search_scores_what_will_be_applied(compensate: bool) -> None:
+    """bits: auto prices each width with the assignment rule 5 will use: with compensate the GPTQ-style one (a
+    lower output error than nearest centroids), without it nearest centroids; both equal the applied weights."""
+    model = Model.load(LENET)
+    data = CalibrationData.from_source(CALIB, model.to_proto()).take(4)
+    w = next(k for k in weight_table(model) if k.name == "fc2.weight")
+    h = collect_hessians(model, [w], data)["fc2.weight"].centered()
+    original = w.array.copy()
+    share = ShareWeights(ShareWeights.Config(bits=3, compensate=compensate, codebook_dtype="weight"))
+    ctx = PassContext(calibration=data)
+    values, _ = share._candidate(w, original, 3, h, ctx)
+    plain, _ = ShareWeights(ShareWeights.Config(bits=3, codebook_dtype="weight"))._candidate(w, original, 3, h, ctx)
+    assert (h.output_error(original, values) < h.output_error(original, plain)) == compensate
+    share._apply(share._plan(w, original, 3, ctx, PassResult(modified=False)), h, PassResult(modified=False))
+    np.testing.assert_array_equal(w.array, values)
 
 
 def test_sequential_sharing_corrects_upstream_error() -> None:
