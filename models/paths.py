@@ -20,7 +20,7 @@ TRAINED: dict[str, tuple[str, str]] = {
 
 # trained model name -> a larger calibration set drawn from its training split (benchmarks). Compensated fits
 # (OBS, least-squares centroids) need about two input vectors per input of a layer to carry over to new inputs:
-# LeNet-300's 784-wide first layer is fitted on ~380 vectors from the 500-sample calibration file.
+# LeNet-300's 784-wide first layer is fitted on at most 500 vectors from the 500-sample calibration file.
 TRAIN_CALIB: dict[str, str] = {
     "mnist_rescnn": "mnist_train2k",
     "mnist_lenet300": "mnist_train2k",

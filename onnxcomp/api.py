@@ -94,7 +94,11 @@ def compress(
     outcomes = recipe.pipeline().run(model, ctx, on_step=on_step)
 
     result = model.to_proto()
-    notes = [f"{o.name}: {n}" for o in outcomes for n in o.result.notes]
+    raised: dict[str, dict[str, None]] = {}  # note -> the passes that raised it (a layer fitted by several)
+    for o in outcomes:
+        for n in o.result.notes:
+            raised.setdefault(n, {})[o.name] = None
+    notes = [f"{', '.join(passes)}: {n}" for n, passes in raised.items()]
     if held_back is not None:
         fidelity_data = f"{held_back.num_samples} held-back calibration samples"
     else:

@@ -25,6 +25,7 @@ candidate instead of ``rows * |K|^3 / 3``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -64,13 +65,20 @@ class Factors:
     Hessians are never written in place.
     """
 
-    def __init__(self) -> None:
-        self._memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes  # factors beyond it go, least recently used first (None: all are kept)
+        self._memo: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._bytes = 0
 
     def get(self, H: np.ndarray, damp: float) -> np.ndarray:
         key = (H.__array_interface__["data"][0], H.shape, H.strides, H.dtype.str, damp)
         if key not in self._memo:
-            self._memo[key] = (H, inverse_cholesky(H, damp))
+            U = inverse_cholesky(H, damp)
+            self._memo[key] = (H, U)
+            self._bytes += U.nbytes
+            while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._memo) > 1:
+                self._bytes -= self._memo.popitem(last=False)[1][1].nbytes
+        self._memo.move_to_end(key)
         return self._memo[key][1]
 
 

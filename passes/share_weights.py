@@ -85,12 +85,13 @@ from onnxcomp.evaluator import FidelityBound
 from onnxcomp.hessian import LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
-from onnxcomp.obs import compensate, prune_compensated
+from onnxcomp.obs import Factors, compensate, prune_compensated
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.progress import Progress
 from onnxcomp.weights import Weight, weight_table
 
 _MAX_CHUNK = 1 << 24  # float64 entries of E_k H held at once (128 MiB)
+_FACTOR_BYTES = 256 << 20  # H^-1 factors the width search keeps for a layer's other widths (least recent go)
 
 
 @dataclass(frozen=True)
@@ -238,11 +239,13 @@ class ShareWeights(Pass):
                   biases: dict[str, LayerBias]) -> tuple[dict[str, int], str]:
         """Rule 7: a width per weight from ``choices``, and a summary of the choice."""
         cfg = self.config
-        return search_widths(model, items, ctx, result, cfg.choices, self._candidate,
+        factors = Factors(max_bytes=_FACTOR_BYTES)  # a layer's widths are priced one after another
+        return search_widths(model, items, ctx, result, cfg.choices,
+                             lambda w, a, bits, h, c: self._candidate(w, a, bits, h, c, factors),
                              FidelityBound(cfg.metric, cfg.max_drop), cfg.budget, hessians, biases)
 
     def _candidate(self, w: Weight, array: np.ndarray, bits: int, h: LayerHessian | None,
-                   ctx: PassContext) -> tuple[np.ndarray, float]:
+                   ctx: PassContext, factors: Factors | None = None) -> tuple[np.ndarray, float]:
         """The weight shared at ``bits`` as rules 4-5 will share it (with ``compensate`` and a Hessian the GPTQ-style
         assignment, else nearest centroids; refined centroids) and its index bytes (the entropy of its labels, which
         Huffman coding approaches, plus the codebook). Scoring nearest-centroid candidates while compensated ones
@@ -255,9 +258,10 @@ class ShareWeights(Pass):
             return array, entropy_bytes(labels) + self._book_bytes(array, k)
         clustering = kmeans1d(nonzero, k, self.config.init, seed=_seed(ctx, w))
         centroids = clustering.centroids
-        assign = _snap(nonzero, centroids)
         if h is not None and self.config.compensate:
-            assign = _compensated_assignment(h, array, mask, centroids)
+            assign = _compensated_assignment(h, array, mask, centroids, factors)
+        else:
+            assign = _snap(nonzero, centroids)
         if h is not None and self.config.refine:
             labels = np.full(array.shape, centroids.size, dtype=np.int64)
             labels[mask] = assign
@@ -317,7 +321,7 @@ def _seed(ctx: PassContext, w: Weight) -> list[int]:
 
 
 def _compensated_assignment(h: LayerHessian, original: np.ndarray, mask: np.ndarray,
-                            centroids: np.ndarray) -> np.ndarray:
+                            centroids: np.ndarray, factors: Factors | None = None) -> np.ndarray:
     """Cluster labels of the nonzero weights chosen with OBS error feedback (rule 5)."""
     levels = np.append(centroids, 0.0)
     W = h.to_matrix(original.astype(np.float64))
@@ -325,7 +329,8 @@ def _compensated_assignment(h: LayerHessian, original: np.ndarray, mask: np.ndar
     out = np.empty_like(W)
     for g in range(h.groups):
         out[g] = compensate(W[g], h.H[g],
-                            lambda col, j, keep=M[g]: np.where(keep[:, j], levels[_snap(col, centroids)], 0.0))
+                            lambda col, j, keep=M[g]: np.where(keep[:, j], levels[_snap(col, centroids)], 0.0),
+                            factors=factors)
     return _snap(h.from_matrix(out)[mask], centroids)
 
 

@@ -78,6 +78,19 @@ def test_memoised_factors_give_the_same_pruning_and_are_keyed_by_hessian() -> No
     assert len(factors._memo) == 3
 
 
+def test_memoised_factors_are_bounded_by_bytes() -> None:
+    """With max_bytes the least recently used factors go; the one in use always stays, and results do not change."""
+    _, H = _problem(rows=8, d=24)
+    stacked = np.stack([H, 2 * H, 3 * H])
+    factors = Factors(max_bytes=2 * 24 * 24 * 8)  # room for two factors
+    for g in (0, 1, 0, 2):  # 1 is now the least recently used
+        np.testing.assert_array_equal(factors.get(stacked[g], 0.01), Factors().get(stacked[g], 0.01))
+    assert [k[0] for k in factors._memo] == [stacked[g].__array_interface__["data"][0] for g in (0, 2)]
+    tiny = Factors(max_bytes=1)
+    tiny.get(stacked[0], 0.01)
+    assert len(tiny._memo) == 1
+
+
 def test_pruning_flops_prices_the_path_prune_compensated_takes() -> None:
     d = 3136
     few = np.full(128, 100)  # cheap exact solves

@@ -66,6 +66,11 @@ def test_layers_fitted_on_few_samples_are_noted() -> None:
     assert noted == {"/fc1/Gemm", "/fc2/Gemm"}, notes
     assert "input vectors of width 784" in " ".join(notes)
     assert not _prune({"mode": "layer", "sparsity": 0.5, "compensate": False}).report.notes  # nothing fitted
+    # Two passes fitting the same layer on the same samples raise one note, naming both.
+    recipe = {"holdout": 0.25, "passes": [{"prune_magnitude": {"mode": "layer", "sparsity": 0.5}},
+                                          {"share_weights": {"bits": 4}}]}
+    both = compress(LENET, recipe=recipe, calibration=CALIB).report.notes
+    assert len(both) == 2 and all(n.startswith("prune_magnitude, share_weights: /fc") for n in both), both
 
 
 def test_auto_search_respects_the_bound() -> None:
