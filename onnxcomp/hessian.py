@@ -9,7 +9,13 @@ least-squares centroid refinement.
 When earlier layers were already compressed, a layer sees inputs ``x~`` instead of ``x``. Given the original
 model as ``reference``, the cross moments ``C = E[x~ x^T]`` are collected too: the weights that best reproduce
 the ORIGINAL outputs from the compressed inputs are ``W C^T H~^{-1}`` (:meth:`LayerHessian.retarget`), so the
-error of upstream layers is corrected instead of carried forward.
+error of upstream layers is corrected instead of carried forward. That fit is a least-squares problem on the
+calibration samples, and with few samples per input (a squeeze-excite conv sees one vector per image) it learns
+the samples: collected with ``folds``, the statistics of each contiguous run of feeds are kept too
+(:attr:`LayerHessian.parts`), and :meth:`LayerHessian.retarget` picks the strength of its ridge towards the
+original weights by cross-validation on them (or keeps the original weights when no strength helps on samples
+the fit did not see). PP-OCRv4 rec, 6-bit sequential sharing on 72 lines: top-1 agreement 0.998 on the fitted
+lines and 0.983 on held-back ones with the fixed ridge; see ``RIDGES``.
 
 The input means ``E[x]`` (and the reference's) are collected too. A layer with a bias can absorb any change of its
 output mean (``bias_correction.py``), so what its weights must fit is only the change of the mean-free output:
@@ -38,6 +44,8 @@ from onnxcomp.obs import dampened, output_error
 from onnxcomp.weights import Weight
 
 SAMPLES_PER_INPUT = 2  # input vectors per input width below which a fitted layer gets a note (few_samples)
+RETARGET_FOLDS = 4  # runs of feeds whose statistics are kept apart to cross-validate retargeting
+RIDGES = (1.0, 10.0, 100.0, 1000.0)  # retargeting's ridge candidates, in multiples of the caller's dampening
 
 
 @dataclass
@@ -54,6 +62,7 @@ class LayerHessian:
     mean: np.ndarray | None = None  # E[x~], (groups, d)
     ref_mean: np.ndarray | None = None  # E[x] of the reference model's inputs, with C
     is_centered: bool = False
+    parts: list[LayerHessian] | None = None  # raw statistics per run of feeds (collected with folds)
 
     def centered(self) -> LayerHessian:
         """The statistics of the mean-free inputs ``x - E[x]``: ``H - mu mu^T`` and ``C - mu mu_ref^T``.
@@ -74,7 +83,7 @@ class LayerHessian:
         if self.C is not None:
             C = self.C - mu[:, :, None] * self._reference_mean()[:, None, :]
             C = np.where(const[:, :, None], 0.0, C)
-        return replace(self, H=H, C=C, is_centered=True)
+        return replace(self, H=H, C=C, is_centered=True)  # parts stay raw: pooled() needs raw moments
 
     def mean_shift(self, original: np.ndarray, new: np.ndarray) -> np.ndarray:
         """``E[original x] - E[new x~]`` per output channel (ONNX channel order): what the bias must add so that
@@ -93,16 +102,33 @@ class LayerHessian:
         ``argmin ||W' X~ - W X||^2 + tr((W' - W) D (W' - W)^T)`` with ``D`` the dampening: ``W' (H~ + D) = W C^T
         + W D``. The ridge pulls towards ``W``, not towards zero, so a layer whose inputs did not change keeps its
         weights and directions the few calibration inputs do not span are left alone (LeNet-300 W3 GPTQ on 48
-        samples: 15.4 points test accuracy drop with a ridge towards zero, -0.2 with this one).
+        samples: 15.4 points test accuracy drop with a ridge towards zero, -0.2 with this one). With ``parts``
+        the dampening is ``damp`` times the ridge of ``RIDGES`` that reproduces held-out runs of feeds best
+        (:meth:`retarget_ridge`), and ``W`` itself when none beats it.
         """
         if self.C is None:
             return W
-        out = np.empty_like(W, dtype=np.float64)
-        for g in range(self.groups):
-            H = dampened(self.H[g], damp)
-            ridge = np.diag(H) - np.diag(self.H[g])
-            out[g] = np.linalg.solve(H, self.C[g] @ W[g].T + ridge[:, None] * W[g].T).T
-        return out
+        ridge = self.retarget_ridge(W, damp)
+        return W if ridge is None else _retarget(self, W, damp * ridge)
+
+    def retarget_ridge(self, W: np.ndarray, damp: float = 0.01) -> float | None:
+        """The multiple of ``damp`` in ``RIDGES`` whose retargeted weights, fitted on all parts but one, best
+        reproduce the reference outputs on the one left out (summed over the parts); None when ``W`` unchanged
+        does better. Without parts: 1.0. The error of ``W'`` on a part is ``tr(W' H~ W'^T) - 2 tr(W' C W^T)``
+        plus a term that does not depend on ``W'``."""
+        if not self.parts or len(self.parts) < 2:
+            return 1.0
+        errors = np.zeros(len(RIDGES) + 1)  # the last: W unchanged
+        for i, check in enumerate(self.parts):
+            fit = pooled([p for j, p in enumerate(self.parts) if j != i])
+            if self.is_centered:
+                fit, check = fit.centered(), check.centered()
+            for r, ridge in enumerate((*RIDGES, None)):
+                Wr = W if ridge is None else _retarget(fit, W, damp * ridge)
+                errors[r] += check.count * float(np.einsum("grd,gde,gre->", Wr, check.H, Wr)
+                                                 - 2 * np.einsum("grd,gde,gre->", Wr, check.C, W))
+        best = int(np.argmin(errors))
+        return RIDGES[best] if best < len(RIDGES) else None
 
     def output_error(self, original: np.ndarray, new: np.ndarray) -> float | None:
         """Relative output change of replacing ``original`` by ``new`` (ONNX layout), over all groups."""
@@ -155,19 +181,23 @@ def collect_hessians(
     data: CalibrationData,
     max_bytes: int = 1 << 30,
     reference: Model | None = None,
+    folds: int = 1,
 ) -> dict[str, LayerHessian]:
     """``H`` for every supported weight (keyed by weight name), from the layer inputs on ``data``.
 
-    With ``reference`` (the uncompressed model, same tensor names), also ``C`` against its layer inputs.
+    With ``reference`` (the uncompressed model, same tensor names), also ``C`` against its layer inputs. With
+    ``folds`` > 1 (and at least as many feeds), each result also holds the statistics of ``folds`` contiguous runs
+    of feeds in ``parts`` (the runs of :meth:`CalibrationData.folds`), from the same single pass over the data.
     """
     todo = [w for w in weights if supports(w)]
+    folds = max(1, min(folds, len(data)))
     out: dict[str, LayerHessian] = {}
     chunk: list[Weight] = []
     size = 0
     for w in todo + [None]:
-        d2 = 0 if w is None else _fan_in(w) ** 2 * 8 * _groups(w)
+        d2 = 0 if w is None else _fan_in(w) ** 2 * 8 * _groups(w) * (1 if folds == 1 else folds + 1)
         if chunk and (w is None or size + d2 > max_bytes):
-            out.update(_collect(model, chunk, data, reference))
+            out.update(_collect(model, chunk, data, reference, folds))
             chunk, size = [], 0
         if w is not None:
             chunk.append(w)
@@ -176,28 +206,30 @@ def collect_hessians(
 
 
 def _collect(model: Model, weights: list[Weight], data: CalibrationData,
-             reference: Model | None) -> dict[str, LayerHessian]:
-    hessians = {}
+             reference: Model | None, folds: int) -> dict[str, LayerHessian]:
+    parts: dict[str, list[LayerHessian]] = {}
     inputs = {}
     for w in weights:
         node = w.primary.node
         groups = _groups(w)
         d = _fan_in(w)
         transposed = node.op == "MatMul" or (node.op == "Gemm" and not int(node.attrs.get("transB", 0)))
-        hessians[w.name] = LayerHessian(node.op, w.shape, groups, np.zeros((groups, d, d)), transposed,
-                                        mean=np.zeros((groups, d)))
+        parts[w.name] = [LayerHessian(node.op, w.shape, groups, np.zeros((groups, d, d)), transposed,
+                                      mean=np.zeros((groups, d))) for _ in range(folds)]
         inputs[w.name] = node.inputs[0].name
 
     names = sorted(set(inputs.values()))
     if reference is not None:
-        for h in hessians.values():
+        for h in (h for hs in parts.values() for h in hs):
             h.C = np.zeros_like(h.H)
             h.ref_mean = np.zeros_like(h.mean)
         ref_iter = iter_captures(reference, names, data)
-    for values in iter_captures(model, names, data):
+    n = len(data)
+    for feed, values in enumerate(iter_captures(model, names, data)):
         ref_values = next(ref_iter) if reference is not None else None
+        fold = next(f for f in range(folds) if feed < round((f + 1) * n / folds))  # CalibrationData.folds' runs
         for w in weights:
-            h = hessians[w.name]
+            h = parts[w.name][fold]
             patches = [p.astype(np.float32, copy=False) for p in input_patches(w, values[inputs[w.name]], h.groups)]
             for g, p32 in enumerate(patches):
                 h.H[g] += p32.T @ p32  # float32 GEMM per batch, float64 sums across batches
@@ -208,24 +240,39 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData,
                     h.C[g] += p32.T @ ref[g].astype(np.float32, copy=False)
                     h.ref_mean[g] += ref[g].sum(axis=0, dtype=np.float64)
             h.count += patches[0].shape[0]
-    for h in hessians.values():
-        h.H /= max(h.count, 1)
-        h.mean /= max(h.count, 1)
-        if h.C is not None:
-            h.C /= max(h.count, 1)
-            h.ref_mean /= max(h.count, 1)
+    hessians = {}
+    for name, hs in parts.items():
+        for h in hs:
+            for field in ("H", "mean", "C", "ref_mean"):
+                if getattr(h, field) is not None:
+                    setattr(h, field, getattr(h, field) / max(h.count, 1))
+        hessians[name] = hs[0] if folds == 1 else replace(pooled(hs), parts=hs)
     return hessians
 
 
+def _retarget(h: LayerHessian, W: np.ndarray, damp: float) -> np.ndarray:
+    """``W' (H~ + D) = W C^T + W D`` per group (:meth:`LayerHessian.retarget`)."""
+    out = np.empty_like(W, dtype=np.float64)
+    for g in range(h.groups):
+        H = dampened(h.H[g], damp)
+        ridge = np.diag(H) - np.diag(h.H[g])
+        out[g] = np.linalg.solve(H, h.C[g] @ W[g].T + ridge[:, None] * W[g].T).T
+    return out
+
+
 def pooled(parts: Sequence[LayerHessian]) -> LayerHessian:
-    """The statistics of several disjoint sets of samples of one layer together (weighted by their counts), as
-    ``collect_hessians`` on their union would give them (without cross moments)."""
+    """The statistics of several disjoint sets of raw (not centered) samples of one layer together (weighted by
+    their counts), as ``collect_hessians`` on their union would give them; cross moments when all have them."""
     total = sum(h.count for h in parts)
     if len(parts) == 1 or total == 0:
         return parts[0]
-    H = sum(h.H * h.count for h in parts) / total
-    mean = sum(h.mean * h.count for h in parts) / total
-    return replace(parts[0], H=H, mean=mean, count=total, C=None, ref_mean=None, is_centered=False)
+
+    def mix(field: str) -> np.ndarray | None:
+        values = [getattr(h, field) for h in parts]
+        return None if any(v is None for v in values) else sum(v * h.count for v, h in zip(values, parts)) / total
+
+    return replace(parts[0], H=mix("H"), mean=mix("mean"), C=mix("C"), ref_mean=mix("ref_mean"), count=total,
+                   is_centered=False, parts=None)
 
 
 def _groups(w: Weight) -> int:

@@ -82,7 +82,7 @@ from onnxcomp.bit_allocation import WidthConfig, matches, search_widths
 from onnxcomp.codecs.stack import encoded_nbytes
 from onnxcomp.evaluator import FidelityBound
 from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
-from onnxcomp.hessian import LayerHessian, collect_hessians, supports
+from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians, supports
 from onnxcomp.model import Model
 from onnxcomp.obs import compensate
 from onnxcomp.pipeline import Pass, PassContext, PassResult
@@ -216,7 +216,8 @@ class QuantizeWeights(Pass):
             target = plan.original.astype(np.float64)
             hessian = None
             if reference is not None and w.name in measurable:
-                hessian = collect_hessians(model, [w], ctx.calibration, reference=reference).get(w.name)
+                hessian = collect_hessians(model, [w], ctx.calibration, reference=reference,
+                                           folds=RETARGET_FOLDS).get(w.name)
                 if hessian is not None:
                     target = hessian.from_matrix(hessian.retarget(hessian.to_matrix(target), cfg.damp))
             else:

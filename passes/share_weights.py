@@ -35,9 +35,11 @@ Rules:
    explicit pads, Gemm, 2-D MatMul kernels) are refined. Without calibration data the pass still runs and
    records that refinement was skipped. With ``sequential``, layers are shared in graph order and each
    one's Hessian comes from the partly shared model: the layer is first re-targeted to reproduce the ORIGINAL
-   model's outputs from its already-shared inputs (``LayerHessian.retarget``), then clustered, so upstream error
-   is corrected instead of accumulating through deep networks; otherwise all Hessians come from the unmodified
-   model.
+   model's outputs from its already-shared inputs (``LayerHessian.retarget``, its ridge cross-validated over runs
+   of feeds), then clustered, so upstream error is corrected instead of accumulating through deep networks;
+   otherwise all Hessians come from the unmodified model. (PP-OCRv4 rec at 6 bits: held-out top-1 agreement
+   0.990 without ``sequential``, 0.982 with it, 0.984 before the ridge was cross-validated; the MNIST models
+   gain from it.)
 5. With ``compensate`` and a Hessian, assignments are made GPTQ-style instead of nearest-centroid: columns in
    order, each weight snapped to its nearest centroid and the rounding error pushed onto the not-yet-snapped
    weights of its row through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`); zeros stay zero. The centroids are
@@ -82,7 +84,7 @@ import scipy.sparse
 from onnxcomp.bias_correction import LayerBias, centered_where_biased, layer_bias
 from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
 from onnxcomp.evaluator import FidelityBound
-from onnxcomp.hessian import LayerHessian, collect_hessians
+from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
 from onnxcomp.obs import Factors, compensate, prune_compensated
@@ -171,7 +173,8 @@ class ShareWeights(Pass):
         for plan in Progress(plans, "share", ctx.progress):
             w = plan.weight
             if reference is not None and not w.shared:
-                hessian = collect_hessians(model, [w], ctx.calibration, reference=reference).get(w.name)
+                hessian = collect_hessians(model, [w], ctx.calibration, reference=reference,
+                                           folds=RETARGET_FOLDS).get(w.name)
                 if hessian is not None and w.name in biases:
                     hessian = hessian.centered()
                 if hessian is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.calibration import CalibrationData
-from onnxcomp.hessian import collect_hessians, pooled, supports
+from onnxcomp.hessian import LayerHessian, collect_hessians, pooled, supports
 from onnxcomp.model import Model
 from onnxcomp.weights import weight_table
 from tests.conftest import run_ort
@@ -81,3 +83,82 @@ def test_pooled_equals_collecting_the_union() -> None:
     assert both.count == whole.count == 16
     np.testing.assert_allclose(both.H, whole.H, rtol=1e-10)
     np.testing.assert_allclose(both.mean, whole.mean, rtol=1e-10)
+
+
+def test_folds_keep_each_run_of_feeds_and_pool_to_the_whole() -> None:
+    """collect_hessians(folds=k): part i holds the statistics of CalibrationData.folds' i-th check run (cross
+    moments too), and the result itself those of all feeds."""
+    first = RNG.normal(size=(7, 6)).astype(np.float32)
+    w = RNG.normal(size=(5, 7)).astype(np.float32)
+
+    def two_layers(a):
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", ["x", "a"], ["h"], transB=1),
+             helper.make_node("Gemm", ["h", "w"], ["y"], transB=1)],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+            [numpy_helper.from_array(a, "a"), numpy_helper.from_array(w, "w")])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        proto.ir_version = 8
+        return Model(proto)
+
+    reference, model = two_layers(first), two_layers(first + 0.1 * RNG.normal(size=first.shape).astype(np.float32))
+    kernel = [k for k in weight_table(model) if k.name == "w"]
+    data = CalibrationData([{"x": RNG.normal(size=(n, 6)).astype(np.float32)} for n in (3, 8, 5, 4, 6, 2, 7)])
+    whole = collect_hessians(model, kernel, data, reference=reference, folds=3)["w"]
+    plain = collect_hessians(model, kernel, data, reference=reference)["w"]
+    assert plain.parts is None and len(whole.parts) == 3 and whole.count == plain.count == 35
+    for part, (_, check) in zip(whole.parts, data.folds(3)):
+        alone = collect_hessians(model, kernel, check, reference=reference)["w"]
+        assert part.count == alone.count
+        for field in ("H", "C", "mean", "ref_mean"):
+            np.testing.assert_allclose(getattr(part, field), getattr(alone, field), rtol=1e-6, atol=1e-9)
+    for field in ("H", "C", "mean", "ref_mean"):
+        np.testing.assert_allclose(getattr(whole, field), getattr(plain, field), rtol=1e-6, atol=1e-9)
+
+
+def _moments(x_new: np.ndarray, x_ref: np.ndarray) -> LayerHessian:
+    n, d = x_new.shape
+    return LayerHessian("Gemm", (3, d), 1, (x_new.T @ x_new / n)[None], count=n, C=(x_new.T @ x_ref / n)[None],
+                        mean=x_new.mean(0)[None], ref_mean=x_ref.mean(0)[None])
+
+
+def _with_parts(runs: list[tuple[np.ndarray, np.ndarray]]) -> LayerHessian:
+    parts = [_moments(a, b) for a, b in runs]
+    return replace(pooled(parts), parts=parts)
+
+
+def _error(W: np.ndarray, x_new: np.ndarray, x_ref: np.ndarray, target: np.ndarray) -> float:
+    return float(((x_new @ W[0].T - x_ref @ target[0].T) ** 2).sum(1).mean())
+
+
+def test_retarget_ridge_is_cross_validated() -> None:
+    """A systematic change of a layer's inputs (many samples) is retargeted with a light ridge; inputs changed by
+    noise that new samples do not share, seen on fewer samples than inputs, are not fitted (the fixed light ridge
+    learnt the noise and reproduced new samples worse than the original weights)."""
+    rng = np.random.default_rng(1)
+    d = 24
+    W = rng.normal(size=(1, 3, d))
+    mix = np.eye(d) + 0.3 * rng.normal(size=(d, d))
+
+    def runs(n: int, change):
+        out = []
+        for _ in range(4):
+            x = rng.normal(size=(n, d))
+            out.append((change(x), x))
+        return out
+
+    fresh = rng.normal(size=(4000, d))
+    systematic = _with_parts(runs(500, lambda x: x @ mix + 1.0))
+    assert systematic.retarget_ridge(W) == 1.0
+    assert systematic.centered().retarget_ridge(W) == 1.0  # the parts are centered by the fit, not twice
+    fitted = systematic.retarget(W)
+    moved = fresh @ mix + 1.0  # affine, and this layer has no bias: not exactly reproducible
+    assert _error(fitted, moved, fresh, W) < 0.05 * _error(W, moved, fresh, W)
+
+    noisy = _with_parts(runs(5, lambda x: x + rng.normal(size=x.shape)))
+    ridge = noisy.retarget_ridge(W)
+    assert ridge is None or ridge >= 100
+    noise = fresh + rng.normal(size=fresh.shape)
+    light = replace(noisy, parts=None).retarget(W)  # no parts: the caller's dampening, as before
+    assert _error(noisy.retarget(W), noise, fresh, W) < _error(light, noise, fresh, W)
