@@ -14,17 +14,10 @@ Rules:
    How many:
    - ``global``: one threshold over all prunable layers, at which ``sparsity`` of their weights fall;
    - ``layer``: per layer ``sparsity`` (``layer_sparsity`` globs override it), or ``|w| < quality * std(W)``;
-   - ``auto`` (OLMP): per-layer sparsities minimising the stored size subject to the fidelity bound
-     (``metric``, ``max_drop``) on the calibration feeds, by negatively correlated search (``search.py``)
+   - ``auto`` (OLMP): per-layer sparsities minimising the number of stored weights subject to the fidelity
+     bound (``metric``, ``max_drop``) on the calibration feeds, by negatively correlated search (``search.py``)
      started from a per-layer sensitivity scan (the largest sparsity each layer tolerates alone) scaled down
      until the whole model is feasible;
-     The stored size of a layer of ``n`` weights at density ``p`` is estimated as ``n (p * kept_bits + H(p))``
-     bits: each kept value costs ``kept_bits`` (its index after weight sharing and Huffman coding) and the
-     positions cost their entropy ``H(p) = -p log2 p - (1-p) log2 (1-p)`` per weight, which is what
-     entropy-coded CSR gaps (or a zero symbol among Huffman-coded indices) approach. Counting kept weights
-     alone prices one more pruned weight the same in every layer; by bytes it is worth ``kept_bits +
-     log2((1-p)/p)`` bits, more in an already sparse layer (at 98% sparsity 9.6 bits against 4 at 50%).
-     ``kept_bits: 32`` (float weights kept) makes the estimate nearly the kept-weight count.
    - ``uniform``: the largest single sparsity for every layer that keeps the same bound (bisection), the
      baseline that ``auto`` is measured against.
 3. ``compensate``: the kept weights of each pruned layer are re-fitted to preserve the layer's output on the
@@ -53,7 +46,7 @@ import numpy as np
 from onnxcomp.bias_correction import LayerBias, centered_where_biased, discard_unused, layer_bias
 from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
-from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians, pooled, supports
+from onnxcomp.hessian import LayerHessian, collect_hessians, pooled, supports
 from onnxcomp.model import Model
 from onnxcomp.obs import Factors, prune_compensated, pruning_flops
 from onnxcomp.pipeline import Pass, PassContext, PassResult
@@ -85,7 +78,6 @@ class MagnitudePruneConfig:
     population: int = 6
     generations: int = 30  # LeNet-300 in deep-compression: 15 -> 22.7x, 30 -> 28.9x, 60 -> 28.1x
     validation: float = 0.5
-    kept_bits: float = 4.0  # stored bits of a kept weight, for auto's size estimate (after sharing and Huffman)
 
     def __post_init__(self) -> None:
         for name, s in [("sparsity", self.sparsity), ("max_sparsity", self.max_sparsity),
@@ -98,8 +90,6 @@ class MagnitudePruneConfig:
             raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
         if not 0.0 < self.validation < 1.0:
             raise ValueError(f"validation must be in (0, 1), got {self.validation}")
-        if not self.kept_bits > 0:
-            raise ValueError(f"kept_bits must be > 0, got {self.kept_bits}")
         if self.population < 2 or self.generations < 0:
             raise ValueError("population must be >= 2 and generations >= 0")
 
@@ -209,7 +199,7 @@ class PruneMagnitude(Pass):
         if violation(x0) > 0:  # the sensitivity scan can be optimistic: fall back to no pruning
             x0 = np.zeros(n)
         found = ncs_minimize(
-            cost=lambda s: stored_bits(sizes, 1.0 - s, cfg.kept_bits),
+            cost=lambda s: float(np.sum(sizes * (1.0 - s))),
             violation=violation,
             x0=x0,
             low=np.zeros(n),
@@ -353,8 +343,7 @@ class _Pruner:
             keep = self.mask(i, k)
             hessian = None
             if calibration is not None and k > 0 and supports(w):
-                hessian = collect_hessians(model, [w], calibration, reference=reference,
-                                           folds=RETARGET_FOLDS).get(w.name)
+                hessian = collect_hessians(model, [w], calibration, reference=reference).get(w.name)
             if hessian is None:
                 w.set(np.where(keep, self.original[i], 0).astype(self.original[i].dtype))
                 errors.append(None)
@@ -370,14 +359,6 @@ class _Pruner:
             if bias is not None:
                 bias.absorb(hessian, self.original[i], new)
         return errors
-
-
-def stored_bits(sizes: np.ndarray, density: np.ndarray, kept_bits: float) -> float:
-    """Estimated stored bits of layers of ``sizes`` weights at ``density``: ``n (p * kept_bits + H(p))`` (rule 2)."""
-    p = np.clip(np.asarray(density, dtype=np.float64), 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.nan_to_num(p * np.log2(p)) - np.nan_to_num((1 - p) * np.log2(1 - p))
-    return float(np.sum(sizes * (p * kept_bits + entropy)))
 
 
 def _score(a: np.ndarray, hessian: LayerHessian | None) -> np.ndarray:
