@@ -179,13 +179,17 @@ class CalibrationData:
         return (CalibrationData(self.feeds[:cut], lab[:cut] if lab else None),
                 CalibrationData(self.feeds[cut:], lab[cut:] if lab else None))
 
-    def folds(self, k: int) -> list[tuple[CalibrationData, CalibrationData]]:
-        """``k`` (fit, check) pairs by contiguous runs of feeds; every feed is checked exactly once."""
+    def fold_edges(self, k: int) -> list[int]:
+        """Feed indices bounding ``min(k, len)`` contiguous runs of feeds of near-equal length (``k + 1`` edges)."""
         n = len(self.feeds)
         k = max(1, min(k, n))
-        if k < 2:
+        return [round(i * n / k) for i in range(k + 1)]
+
+    def folds(self, k: int) -> list[tuple[CalibrationData, CalibrationData]]:
+        """``k`` (fit, check) pairs by the runs of :meth:`fold_edges`; every feed is checked exactly once."""
+        edges = self.fold_edges(k)
+        if len(edges) < 3:
             return [(self, self)]
-        edges = [round(i * n / k) for i in range(k + 1)]
         lab = self.labels
         out = []
         for a, b in zip(edges[:-1], edges[1:]):

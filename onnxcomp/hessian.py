@@ -190,7 +190,7 @@ def collect_hessians(
     of feeds in ``parts`` (the runs of :meth:`CalibrationData.folds`), from the same single pass over the data.
     """
     todo = [w for w in weights if supports(w)]
-    folds = max(1, min(folds, len(data)))
+    folds = len(data.fold_edges(folds)) - 1
     out: dict[str, LayerHessian] = {}
     chunk: list[Weight] = []
     size = 0
@@ -224,10 +224,10 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData,
             h.C = np.zeros_like(h.H)
             h.ref_mean = np.zeros_like(h.mean)
         ref_iter = iter_captures(reference, names, data)
-    n = len(data)
+    run_of_feed = np.searchsorted(data.fold_edges(folds), np.arange(len(data)), side="right") - 1
     for feed, values in enumerate(iter_captures(model, names, data)):
         ref_values = next(ref_iter) if reference is not None else None
-        fold = next(f for f in range(folds) if feed < round((f + 1) * n / folds))  # CalibrationData.folds' runs
+        fold = int(run_of_feed[feed])
         for w in weights:
             h = parts[w.name][fold]
             patches = [p.astype(np.float32, copy=False) for p in input_patches(w, values[inputs[w.name]], h.groups)]
