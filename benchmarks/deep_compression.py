@@ -6,14 +6,15 @@ For each bundled model: original bytes, packed bytes, ratio, accuracy before/aft
 - ``auto``: the same search, compensation off;
 - ``uniform+comp``: one sparsity for all layers, the largest under the same fidelity bound, compensated;
 - ``same-sparsity-no-comp``: the per-layer sparsities that ``auto+comp`` chose, without compensation (the
-  equal-sparsity comparison of compensation against plain magnitude pruning).
+  equal-sparsity comparison of compensation against plain magnitude pruning);
+- ``share-only``: no pruning step (what PP-OCRv4 rec, which bears little pruning at 0.99 agreement, is run with).
 Then k-means sharing with least-squares centroid refinement and Huffman-coded packing (recipe
 ``deep-compression``). PP-OCRv4 rec is scored by per-timestep argmax agreement with the original on rendered
 text lines. A last table times a ResNet-50-sized graph (25M weights, fixed per-layer sparsity + sharing +
 Huffman) and loading its packed file through ``onnxcomp.runtime.InferenceSession``, and checks determinism.
 
     python benchmarks/deep_compression.py [--models lenet,rescnn,...] [--skip-resnet] [--max-drop PRUNE,SHARE]
-                                          [--small-calib]
+                                          [--small-calib] [--share-bits BITS]
 
 The MNIST and digits models are calibrated on 2000 (1200) images of their training split
 (``paths.TRAIN_CALIB``): the compensated fits need about two samples per input of a layer, and LeNet-300's first
@@ -56,12 +57,17 @@ CHAINS = {
     "auto+comp": {"mode": "auto", "compensate": True},
     "auto": {"mode": "auto", "compensate": False},
     "uniform+comp": {"mode": "uniform", "compensate": True},
+    "share-only": None,  # the recipe without its pruning step
 }
 
 
-def recipe_with(prune: dict, max_drop: tuple[float, float] | None = None) -> dict:
-    recipe = load_recipe("deep-compression").to_dict()
-    recipe = copy.deepcopy(recipe)
+def recipe_with(prune: dict | None, max_drop: tuple[float, float] | None = None, share_bits: int | None = None
+                ) -> dict:
+    """The deep-compression recipe with its pruning step's config updated by ``prune`` (None: no pruning step), its
+    bounds replaced by ``max_drop`` and its sharing width fixed at ``share_bits`` (None: the recipe's ``auto``)."""
+    recipe = copy.deepcopy(load_recipe("deep-compression").to_dict())
+    if prune is None:
+        recipe["passes"] = [s for s in recipe["passes"] if not (isinstance(s, dict) and "prune_magnitude" in s)]
     for step in recipe["passes"]:
         if "prune_magnitude" in step:
             step["prune_magnitude"].update(prune)
@@ -69,6 +75,8 @@ def recipe_with(prune: dict, max_drop: tuple[float, float] | None = None) -> dic
                 step["prune_magnitude"]["max_drop"] = max_drop[0]
         if "share_weights" in step and max_drop:
             step["share_weights"]["max_drop"] = max_drop[1]
+        if "share_weights" in step and share_bits:
+            step["share_weights"]["bits"] = share_bits
     return recipe
 
 
@@ -90,7 +98,8 @@ def timestep_agreement(reference, candidate, x: np.ndarray) -> float:
 
 
 def run_model(key: str, tmp: Path, seed: int, wanted: list[str],
-              max_drop: tuple[float, float] | None = None, small_calib: bool = False) -> list[list[str]]:
+              max_drop: tuple[float, float] | None = None, small_calib: bool = False,
+              share_bits: int | None = None) -> list[list[str]]:
     rows = []
     if key == "ppocr-rec":
         from models import ppocr
@@ -111,14 +120,16 @@ def run_model(key: str, tmp: Path, seed: int, wanted: list[str],
     for chain in list(chains) + ["same-sparsity-no-comp"]:
         if chain not in wanted:
             continue
-        prune = chains.get(chain) or {"mode": "layer", "layer_sparsity": chosen, "compensate": False}
+        prune = (chains[chain] if chain in chains
+                 else {"mode": "layer", "layer_sparsity": chosen, "compensate": False})
         out = tmp / f"{key}-{chain}.onnx"
         start = time.perf_counter()
-        result = compress(str(source), recipe=recipe_with(prune, max_drop), calibration=calib, output=out, seed=seed)
+        result = compress(str(source), recipe=recipe_with(prune, max_drop, share_bits), calibration=calib,
+                          output=out, seed=seed)
         seconds = time.perf_counter() - start
         packed = out.stat().st_size
-        step = next(p for p in result.report.passes if p.name == "prune_magnitude")
-        sparsity = step.summary.split(";")[0]
+        step = next((p for p in result.report.passes if p.name == "prune_magnitude"), None)
+        sparsity = step.summary.split(";")[0] if step else "no pruning"
         if chain == "auto+comp":
             chosen = {r["weight"]: r["sparsity"] for r in step.records}
         if key == "ppocr-rec":
@@ -175,6 +186,7 @@ def main() -> None:
                         help="calibrate on the small held-out calibration files (mnist_calib: 500, digits_calib: 200) "
                              "instead of the larger training-split ones (mnist_train2k: 2000, digits_train: 1200)")
     parser.add_argument("--max-drop", help="PRUNE,SHARE: the pruning and sharing steps' bounds (default: the recipe's)")
+    parser.add_argument("--share-bits", type=int, help="share every layer at this width instead of bits: auto")
     args = parser.parse_args()
     max_drop = tuple(float(x) for x in args.max_drop.split(",")) if args.max_drop else None
     if max_drop is not None and len(max_drop) != 2:
@@ -186,7 +198,8 @@ def main() -> None:
         print(" | ".join(header))
         rows = []
         for key in [] if args.resnet_only else args.models.split(","):
-            rows += run_model(key, tmp, args.seed, args.chains.split(","), max_drop, args.small_calib)
+            rows += run_model(key, tmp, args.seed, args.chains.split(","), max_drop, args.small_calib,
+                              args.share_bits)
         if not args.skip_resnet:
             print()
             print("ResNet-50 builder (25.6M weights) | measured | target")

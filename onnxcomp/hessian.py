@@ -15,7 +15,8 @@ the samples: collected with ``folds``, the statistics of each contiguous run of 
 (:attr:`LayerHessian.parts`), and :meth:`LayerHessian.retarget` picks the strength of its ridge towards the
 original weights by cross-validation on them (or keeps the original weights when no strength helps on samples
 the fit did not see). PP-OCRv4 rec, 6-bit sequential sharing on 72 lines: top-1 agreement 0.998 on the fitted
-lines and 0.983 on held-back ones with the fixed ridge; see ``RIDGES``.
+lines and 0.983 on held-back ones with the fixed ridge (measured while the refit that follows shrank all weights,
+see ``share_weights``); see ``RIDGES``.
 
 The input means ``E[x]`` (and the reference's) are collected too. A layer with a bias can absorb any change of its
 output mean (``bias_correction.py``), so what its weights must fit is only the change of the mean-free output:

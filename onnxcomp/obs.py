@@ -17,7 +17,15 @@ A dampening ``damp * mean(diag(H))`` on the diagonal keeps the inverse stable.
 The sequential update only moves weights to the right of a pruned one, so with a given (magnitude) mask it is
 not the least-squares optimum. Pruning therefore solves each row exactly when that is affordable: with kept set
 ``K`` of row ``r``, the optimum of ``(w' - w) H (w' - w)^T`` subject to ``w'[not K] = 0`` is
-``w'_K = H_KK^{-1} H_K: w_r`` (one |K| x |K| solve per row), and falls back to the sequential form otherwise.
+``w'_K = H_KK^{-1} H_K: w_r = w_K + H_KK^{-1} H_KP w_P`` (``P`` the pruned columns; one |K| x |K| solve per row),
+and falls back to the sequential form otherwise. The dampening ``D`` enters as a ridge, by default towards zero,
+``(H_KK + D) w'_K = H_K: w_r``, which shrinks the kept weights on weak inputs a little; with ``towards="weights"``
+towards ``w_K``, ``(H_KK + D) w'_K = H_K: w_r + D w_K``, which (like the sequential form) only moves kept weights to
+make up for pruned ones, so a row that loses nothing keeps its weights. Pruning keeps zero, its long-standing
+choice: towards the weights measured neither better nor worse (deep-compression on 2000 images, test accuracy:
+LeNet-300 55.5x at -0.8 against 51.2x at -0.7, ResCNN 16.1x at -0.2 against 17.6x at -0.4). Sequential weight sharing
+restricts every re-targeted layer to its nonzeros this way and needs the weights: shrinking all 46 layers of
+PP-OCRv4 rec, 6 bits, gives top-1 agreement 0.980 on held-out lines (0.78 without re-targeting), against 0.994.
 :func:`pruning_flops` prices that choice. The sequential form's factor ``U`` does not depend on the mask, so a
 search that prunes one layer at many sparsities computes it once (:class:`Factors`) and pays ``rows * d^2`` per
 candidate instead of ``rows * |K|^3 / 3``.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
@@ -142,23 +151,26 @@ def prune_compensated(
     block: int = 128,
     exact_budget: float = EXACT_BUDGET,
     factors: Factors | None = None,
+    towards: Literal["zero", "weights"] = "zero",
 ) -> np.ndarray:
     """Zero the weights where ``keep`` is False and re-fit the kept ones to preserve the layer's output.
 
     Exact per-row least squares when the solves cost at most ``exact_budget`` flops (:func:`pruning_flops`),
-    else the sequential SparseGPT update with the fixed mask (its factor taken from ``factors`` when given).
+    else the sequential SparseGPT update with the fixed mask (its factor taken from ``factors`` when given). The
+    exact solve's dampening pulls ``towards`` zero or the row's own kept weights (see the module docstring).
     """
     keep = keep.astype(bool)
     if _exact_flops(keep.sum(axis=1), W.shape[1]) > exact_budget:
         return compensate(W, H, lambda col, j: np.where(keep[:, j], col, 0.0), damp, block, factors)
     Hd = dampened(H, damp)
     dead = np.diag(H) == 0
+    ridge = np.where(dead | (towards == "zero"), 0.0, np.diag(Hd) - np.diag(H))
     out = np.zeros(W.shape, dtype=np.float64)
     for r in range(W.shape[0]):
         k = np.flatnonzero(keep[r] & ~dead)
         if k.size:
             # The target keeps the undamped H so that the fit reproduces the layer's real output.
-            out[r, k] = np.linalg.solve(Hd[np.ix_(k, k)], H[k] @ W[r])
+            out[r, k] = np.linalg.solve(Hd[np.ix_(k, k)], H[k] @ W[r] + ridge[k] * W[r, k])
     return out
 
 

@@ -40,6 +40,25 @@ def test_sequential_update_is_exact_for_a_leading_column() -> None:
     np.testing.assert_allclose(seq, exact, rtol=1e-7, atol=1e-9)
 
 
+def test_dampening_pulls_towards_the_kept_weights_not_towards_zero() -> None:
+    """towards="weights": a row that loses nothing keeps its weights (but those on the dead input), exact or
+    sequential; a row that loses weights is moved only to make up for them: with a huge dampening it stays put.
+    By default the exact solve's ridge is towards zero."""
+    W, H = _problem(rows=4, d=16)
+    H[5, 5] *= 1e-4  # a weak input, which a ridge towards zero would shrink the weight of
+    keep = np.ones(W.shape, bool)
+    keep[0, :4] = False  # row 0 loses weights, rows 1-3 do not
+    live = np.diag(H) > 0
+    for budget in (EXACT_BUDGET, 0):
+        new = prune_compensated(W, H, keep, damp=0.01, exact_budget=budget, towards="weights")
+        np.testing.assert_allclose(new[1:, live], W[1:, live], rtol=1e-9, atol=1e-12)
+        assert np.all(new[:, ~live] == 0)
+    stiff = prune_compensated(W, H, keep, damp=1e9, towards="weights")
+    np.testing.assert_allclose(stiff[0, 4:][live[4:]], W[0, 4:][live[4:]], rtol=1e-6, atol=1e-9)
+    shrunk = prune_compensated(W, H, keep, damp=0.01)  # the default, towards zero: rows that lose nothing move too
+    assert np.linalg.norm(shrunk[1:, live]) < 0.999 * np.linalg.norm(W[1:, live])
+
+
 def test_compensation_beats_plain_pruning_and_blocks_agree() -> None:
     W, H = _problem(rows=16, d=64)
     keep = np.abs(W) > np.quantile(np.abs(W), 0.6)

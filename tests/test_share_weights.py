@@ -397,6 +397,24 @@ def test_sequential_sharing_corrects_upstream_error() -> None:
     assert cosines[True] > cosines[False]
 
 
+def test_retargeting_keeps_a_layer_whose_inputs_did_not_change() -> None:
+    """Against a reference that is the model itself, re-targeting has nothing to correct: the weights to cluster
+    are the layer's own on every input that varies (the refit onto the nonzeros pulls towards the re-targeted
+    weights instead of shrinking them towards zero; weights on constant inputs go, the bias takes them)."""
+    model = Model.load(LENET)
+    data = CalibrationData.from_source(CALIB, model.to_proto()).take(8)
+    w = next(k for k in weight_table(model) if k.name == "fc2.weight")
+    h = collect_hessians(model, [w], data, reference=model.copy(), folds=4)["fc2.weight"].centered()
+    share = ShareWeights(ShareWeights.Config(bits=3, sequential=True))
+    ctx = PassContext(calibration=data)
+    original = w.array.copy()
+    plan = share._retarget(share._plan(w, original, 3, ctx, PassResult(modified=False)), h, ctx)
+    live = np.diag(h.H[0]) > 0  # fc2 is a Gemm with transB: columns are inputs
+    assert 10 < live.sum() < live.size
+    np.testing.assert_allclose(plan.original[:, live], original[:, live], rtol=1e-4, atol=1e-7)
+    assert np.all(plan.original[:, ~live] == 0)
+
+
 # -- bits: auto ------------------------------------------------------------------------------------------
 def test_auto_bits_meets_the_bound_with_mixed_widths() -> None:
     """The allocation gives different widths where layers differ in sensitivity, stays within the bound on the
