@@ -46,9 +46,9 @@ import numpy as np
 from onnxcomp.bias_correction import LayerBias, centered_where_biased, discard_unused, layer_bias
 from onnxcomp.errors import PassError
 from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
-from onnxcomp.hessian import LayerHessian, collect_hessians, pooled, supports
+from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians, pooled, supports
 from onnxcomp.model import Model
-from onnxcomp.obs import Factors, prune_compensated, pruning_flops
+from onnxcomp.obs import Factors, pruning_flops
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.progress import Progress
 from onnxcomp.search import ncs_minimize
@@ -316,7 +316,7 @@ class _Pruner:
         keep = self.mask(i, count)
         if hessian is None:
             return {name: np.where(keep, a, 0).astype(a.dtype)}
-        new = _compensated(a, keep, hessian, damp, factors) if count else a
+        new = hessian.retarget_kept(a, keep, damp, factors=factors) if count else a
         out = {name: new}
         if hessian.is_centered:
             bias = self.biases[name]
@@ -343,7 +343,8 @@ class _Pruner:
             keep = self.mask(i, k)
             hessian = None
             if calibration is not None and k > 0 and supports(w):
-                hessian = collect_hessians(model, [w], calibration, reference=reference).get(w.name)
+                hessian = collect_hessians(model, [w], calibration, reference=reference,
+                                           folds=RETARGET_FOLDS).get(w.name)
             if hessian is None:
                 w.set(np.where(keep, self.original[i], 0).astype(self.original[i].dtype))
                 errors.append(None)
@@ -353,7 +354,7 @@ class _Pruner:
             bias = self.biases.get(w.name)
             if bias is not None:
                 hessian = hessian.centered()
-            new = _compensated(self.original[i], keep, hessian, damp)
+            new = hessian.retarget_kept(self.original[i], keep, damp)
             errors.append(hessian.output_error(self.original[i], new))
             w.set(new)
             if bias is not None:
@@ -368,15 +369,6 @@ def _score(a: np.ndarray, hessian: LayerHessian | None) -> np.ndarray:
         return score
     energy = np.sqrt(np.maximum(np.diagonal(hessian.H, axis1=1, axis2=2), 0.0))  # (groups, d)
     return hessian.from_matrix(hessian.to_matrix(score) * energy[:, None, :])
-
-
-def _compensated(a: np.ndarray, keep: np.ndarray, hessian: LayerHessian, damp: float,
-                 factors: Factors | None = None) -> np.ndarray:
-    W = hessian.retarget(hessian.to_matrix(a.astype(np.float64)), damp)
-    K = hessian.to_matrix(keep)
-    out = np.stack([prune_compensated(W[g], hessian.H[g], K[g], damp, factors=factors)
-                    for g in range(hessian.groups)])
-    return np.where(keep, hessian.from_matrix(out), 0).astype(a.dtype)
 
 
 def _prunable(model: Model, cfg: MagnitudePruneConfig, result: PassResult) -> list[Weight]:

@@ -89,7 +89,7 @@ from onnxcomp.evaluator import FidelityBound
 from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians
 from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
 from onnxcomp.model import Model
-from onnxcomp.obs import Factors, compensate, prune_compensated
+from onnxcomp.obs import Factors, compensate
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.progress import Progress
 from onnxcomp.weights import Weight, weight_table
@@ -277,11 +277,7 @@ class ShareWeights(Pass):
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
         """Re-fit the layer's nonzero weights to the original outputs from its current inputs (least squares on
         the kept positions, so pruned weights stay zero), then re-cluster those values."""
-        W = hessian.retarget(hessian.to_matrix(plan.original.astype(np.float64)))
-        keep = hessian.to_matrix(plan.mask)
-        fitted = np.stack([prune_compensated(W[g], hessian.H[g], keep[g], towards="weights")
-                           for g in range(hessian.groups)])
-        target = np.where(plan.mask, hessian.from_matrix(fitted), 0).astype(plan.original.dtype)
+        target = hessian.retarget_kept(plan.original, plan.mask, towards="weights")
         clustering = kmeans1d(target[plan.mask], 1 << plan.bits, self.config.init, seed=_seed(ctx, plan.weight))
         return _Plan(plan.weight, plan.bits, target, plan.mask, clustering, plan.distinct_before)
 
