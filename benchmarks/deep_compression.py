@@ -96,10 +96,12 @@ def accuracy(model, data: CalibrationData) -> float:
     return correct / total
 
 
-def timestep_agreement(reference, candidate, x: np.ndarray) -> float:
-    ref = session(reference).run(None, {"x": x})[0].argmax(-1)
-    cand = session(candidate).run(None, {"x": x})[0].argmax(-1)
-    return float((ref == cand).mean())
+def timestep_agreement(reference, candidate, xs: list[np.ndarray]) -> list[float]:
+    """Per-timestep argmax agreement of ``candidate`` with ``reference`` on each batch of lines in ``xs`` (each
+    model loaded once)."""
+    ref, cand = session(reference), session(candidate)
+    return [float((ref.run(None, {"x": x})[0].argmax(-1) == cand.run(None, {"x": x})[0].argmax(-1)).mean())
+            for x in xs]
 
 
 def run_model(key: str, tmp: Path, seed: int, wanted: list[str],
@@ -140,9 +142,9 @@ def run_model(key: str, tmp: Path, seed: int, wanted: list[str],
         if chain == "auto+comp":
             chosen = {r["weight"]: r["sparsity"] for r in step.records}
         if key == "ppocr-rec":
-            quality = f"agree {timestep_agreement(str(source), str(out), test_x):.4f}"
-            if fresh_x:
-                fresh = [timestep_agreement(str(source), str(out), x) for x in fresh_x]
+            test_agree, *fresh = timestep_agreement(str(source), str(out), [test_x, *fresh_x])
+            quality = f"agree {test_agree:.4f}"
+            if fresh:
                 quality += f", fresh lines {np.mean(fresh):.4f} (min {min(fresh):.4f} over {len(fresh)} x 64)"
         else:
             acc = accuracy(InferenceSession(str(out)), test)

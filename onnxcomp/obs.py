@@ -160,6 +160,8 @@ def prune_compensated(
     else the sequential SparseGPT update with the fixed mask (its factor taken from ``factors`` when given). The
     exact solve's dampening pulls ``towards`` zero or the row's own kept weights (see the module docstring).
     """
+    if towards not in ("zero", "weights"):
+        raise ValueError(f"towards must be 'zero' or 'weights', got {towards!r}")
     keep = keep.astype(bool)
     if _exact_flops(keep.sum(axis=1), W.shape[1]) > exact_budget:
         return compensate(W, H, lambda col, j: np.where(keep[:, j], col, 0.0), damp, block, factors)

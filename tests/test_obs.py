@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from onnxcomp.obs import EXACT_BUDGET, Factors, compensate, output_error, prune_compensated, pruning_flops
 
@@ -57,6 +58,8 @@ def test_dampening_pulls_towards_the_kept_weights_not_towards_zero() -> None:
     np.testing.assert_allclose(stiff[0, 4:][live[4:]], W[0, 4:][live[4:]], rtol=1e-6, atol=1e-9)
     shrunk = prune_compensated(W, H, keep, damp=0.01)  # the default, towards zero: rows that lose nothing move too
     assert np.linalg.norm(shrunk[1:, live]) < 0.999 * np.linalg.norm(W[1:, live])
+    with pytest.raises(ValueError, match="towards"):
+        prune_compensated(W, H, keep, towards="weight")
 
 
 def test_compensation_beats_plain_pruning_and_blocks_agree() -> None:
