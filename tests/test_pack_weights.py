@@ -368,3 +368,26 @@ def test_float16_exact_parameters_are_stored_half(lenet, feed):
     np.testing.assert_array_equal(sess.run(None, feed)[0], _float_run(rounded, feed))
     _, off = _pack(rounded, format="packed", half=False)
     assert not [r for r in off.records if r["format"] == "float16"]
+
+
+def test_float16_exact_matmul_bias_is_stored_half():
+    """Rule 6 takes the bias of a MatMul layer (the Add after it, role "other" in the weight table; share_weights
+    rounds it to float16 like a Conv's), and not another float16-exact constant of an Add that is no layer's
+    bias."""
+    rng = np.random.default_rng(0)
+    half = lambda a: a.astype(np.float16).astype(np.float32)  # noqa: E731
+    w = rng.normal(size=(64, 300)).astype(np.float32)
+    bias, offset = half(rng.normal(size=300)), half(rng.normal(size=300))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "bias"], ["z"]),
+         helper.make_node("Add", ["z", "offset"], ["out"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 300])],
+        [numpy_helper.from_array(a, n) for a, n in [(w, "w"), (bias, "bias"), (offset, "offset")]])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    packed, result = _pack(proto, format="packed", min_elements=1 << 30)  # no kernel lowered
+    assert [r["weight"] for r in result.records if r["format"] == "float16"] == ["bias"]
+    inits = {t.name: t for t in packed.graph.initializer}
+    assert inits["bias_f16"].data_type == TensorProto.FLOAT16 and inits["offset"].data_type == TensorProto.FLOAT
+    feed = {"x": rng.normal(size=(2, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(_float_run(packed, feed), _float_run(proto, feed))
