@@ -112,6 +112,11 @@ class Model:
     def metadata(self) -> dict[str, str]:
         return {p.key: p.value for p in self._shell.metadata_props}
 
+    @property
+    def initializer_inputs(self) -> frozenset[str]:
+        """Initializers the source also lists as graph inputs (overridable at run time: part of the interface)."""
+        return frozenset(self._initializer_inputs)
+
     def graphs(self) -> Iterator[gs.Graph]:
         """The main graph and every subgraph (If/Loop/Scan bodies), outermost first."""
         return iter_graphs(self.graph)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onnxcomp.passes.dedupe_constants import DedupeConstants
 from onnxcomp.passes.eliminate_dead import EliminateDead
 from onnxcomp.passes.eliminate_identity import EliminateIdentity
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
@@ -22,6 +23,7 @@ PASSES = {
         EliminateIdentity,
         FoldBatchNorm,
         EliminateDead,
+        DedupeConstants,
         PruneMagnitude,
         PruneFilters,
         ShareWeights,
@@ -35,6 +37,7 @@ PASSES = {
 
 __all__ = [
     "PASSES",
+    "DedupeConstants",
     "EliminateDead",
     "EliminateIdentity",
     "FoldBatchNorm",

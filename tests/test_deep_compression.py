@@ -36,7 +36,8 @@ def test_deep_compression_recipe(tmp_path) -> None:
     assert report.ratio >= 4.0
     assert report.size_after["packed weights"] > 0 and report.size_after["float weights"] < 4096
     names = [p.name for p in report.passes]
-    assert names[-5:] == ["prune_magnitude", "share_weights", "pack_weights", "strip_defaults", "shorten_names"]
+    assert names[-6:] == ["prune_magnitude", "share_weights", "pack_weights", "dedupe_constants", "strip_defaults",
+                          "shorten_names"]
 
     fidelity = evaluate(MODEL, unpack(str(outs[0])), TEST)
     assert fidelity.accuracy_drop <= 0.02
