@@ -229,7 +229,22 @@ def _role(use: Use) -> str:
         return "weight"  # constant @ activation
     if _BIAS_SLOTS.get(op) == slot:
         return "bias"
+    if op == "Add" and _adds_to_matmul(use):
+        return "bias"  # MatMul + Add: how exporters write a linear layer's bias (PyTorch's nn.Linear on 3-D input)
     return "other"
+
+
+def _adds_to_matmul(use: Use) -> bool:
+    """Whether this Add input is a vector added to the output of a MatMul (one value per output column)."""
+    node = use.node
+    if len(node.inputs) != 2:
+        return False
+    other = node.inputs[1 - use.slot]
+    producer = other.inputs[0] if len(other.inputs) == 1 else None
+    held = _held_tensor(node.inputs[use.slot])
+    shape = tuple(held[0].shape) if held is not None else ()
+    return (producer is not None and producer.op == "MatMul" and len(shape) >= 1
+            and int(np.prod(shape)) == shape[-1])
 
 
 def _layout(use: Use, rank: int) -> Layout | None:

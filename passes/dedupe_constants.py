@@ -37,7 +37,7 @@ class DedupeConstants(Pass):
         interface = {id(t) for t in [*graph.inputs, *graph.outputs]}
         overridable = model.initializer_inputs
         kept: dict[tuple, gs.Constant] = {}
-        merged: list[tuple[gs.Constant, gs.Constant]] = []
+        merged: list[tuple[gs.Constant, gs.Constant, int]] = []  # (duplicate, kept, its bytes)
         seen: set[int] = set()
         for node in graph.nodes:
             for t in node.inputs:
@@ -50,11 +50,11 @@ class DedupeConstants(Pass):
                 key = (values.dtype.str, values.shape, hashlib.sha256(values.tobytes()).digest())
                 first = kept.setdefault(key, t)
                 if first is not t:
-                    merged.append((t, first))
+                    merged.append((t, first, values.nbytes))
         records = []
-        for dup, first in merged:
+        for dup, first, nbytes in merged:
             replace_uses(dup, first)
-            records.append({"weight": dup.name, "into": first.name, "bytes": int(np.asarray(dup.values).nbytes)})
+            records.append({"weight": dup.name, "into": first.name, "bytes": int(nbytes)})
         saved = sum(r["bytes"] for r in records)
         summary = (f"{len(records)} duplicate initializers merged into {len({r['into'] for r in records})} "
                    f"({saved:,} B of data)" if records else "no duplicate initializer")

@@ -30,12 +30,11 @@ Rules:
    in int4 storage, Huffman-skewed codes).
    ``standard`` leaves all integer codes as they are: DequantizeLinear is standard ONNX.
 
-6. ``half`` (both formats): a float32/float64 layer parameter (weight-table role ``weight`` or ``bias``, or the
-   per-channel bias of a layer that ``bias_correction.layer_bias`` finds, such as the Add after a MatMul) that
-   was not lowered above and whose every value is exactly a float16 (``share_weights`` rounds the biases of the
-   layers it shares so, ``bias_dtype``) is stored as a float16 initializer behind ``Cast``, under its own name;
-   only when that saves more than the Cast node costs (``_CAST_BYTES``). Lossless, and standard ONNX
-   (onnxruntime folds the Cast at load).
+6. ``half`` (both formats): a float32/float64 layer parameter (weight-table role ``weight`` or ``bias``, which
+   includes the vector an Add puts on a MatMul's output) that was not lowered above and whose every value is
+   exactly a float16 (``share_weights`` rounds the biases of the layers it shares so, ``bias_dtype``) is stored
+   as a float16 initializer behind ``Cast``, under its own name; only when that saves more than the Cast node
+   costs (``_CAST_BYTES``). Lossless, and standard ONNX (onnxruntime folds the Cast at load).
 
 Each lowered weight gives a record: layer, weight, format, encoding, bytes before/after, bytes by section.
 """
@@ -52,7 +51,6 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxcomp.kernels import schema
 
-from onnxcomp.bias_correction import layer_bias
 from onnxcomp.codecs.stack import dense_codebook, encode_weight, exactly_float16, to_blob
 from onnxcomp.graph_edit import (
     detach,
@@ -99,11 +97,7 @@ class PackWeights(Pass):
         names = tensor_names(model.graphs())
         owner = {id(n): g for g in model.graphs() for n in g.nodes}
         lower = _lower_standard if cfg.format == "standard" else _lower_packed
-        kernels = [w for w in weight_table(model) if w.role == "weight"]
-        # Rule 6 also takes the biases that layer_bias finds (a MatMul's Add reads one of role "other"), found
-        # before the kernels are lowered and leave the weight table.
-        biases = {b.weight.name for w in kernels if (b := layer_bias(model, w)) is not None}
-        todo = [(w, False) for w in kernels]
+        todo = [(w, False) for w in weight_table(model) if w.role == "weight"]
         if cfg.format == "packed":
             todo += [(w, True) for w in _quantized_codes(model)]
         for w, codes in todo:
@@ -118,7 +112,7 @@ class PackWeights(Pass):
             result.skipped.append((w.name, reason))
         if cfg.half:
             for w in weight_table(model):
-                if (w.role in _HALF_ROLES or w.name in biases) and _refusal(w, owner, 1) is None:
+                if w.role in _HALF_ROLES and _refusal(w, owner, 1) is None:
                     record = _lower_half(owner[id(w.uses[0].node)], w, names)
                     if record is not None:
                         result.records.append(record)

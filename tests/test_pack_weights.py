@@ -371,9 +371,9 @@ def test_float16_exact_parameters_are_stored_half(lenet, feed):
 
 
 def test_float16_exact_matmul_bias_is_stored_half():
-    """Rule 6 takes the bias of a MatMul layer (the Add after it, role "other" in the weight table; share_weights
-    rounds it to float16 like a Conv's), and not another float16-exact constant of an Add that is no layer's
-    bias."""
+    """Rule 6 takes the bias of a MatMul layer (the vector the Add after it adds: role "bias" in the weight table;
+    share_weights rounds it to float16 like a Conv's), and not another float16-exact constant of an Add that is no
+    layer's bias."""
     rng = np.random.default_rng(0)
     half = lambda a: a.astype(np.float16).astype(np.float32)  # noqa: E731
     w = rng.normal(size=(64, 300)).astype(np.float32)
@@ -385,6 +385,8 @@ def test_float16_exact_matmul_bias_is_stored_half():
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 300])],
         [numpy_helper.from_array(a, n) for a, n in [(w, "w"), (bias, "bias"), (offset, "offset")]])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    roles = {w.name: w.role for w in weight_table(Model.load(proto))}
+    assert roles == {"w": "weight", "bias": "bias", "offset": "other"}
     packed, result = _pack(proto, format="packed", min_elements=1 << 30)  # no kernel lowered
     assert [r["weight"] for r in result.records if r["format"] == "float16"] == ["bias"]
     inits = {t.name: t for t in packed.graph.initializer}
