@@ -9,12 +9,17 @@ For each bundled model: original bytes, packed bytes, ratio, accuracy before/aft
   equal-sparsity comparison of compensation against plain magnitude pruning);
 - ``share-only``: no pruning step (what PP-OCRv4 rec, which bears little pruning at 0.99 agreement, is run with).
 Then k-means sharing with least-squares centroid refinement and Huffman-coded packing (recipe
-``deep-compression``). PP-OCRv4 rec is scored by per-timestep argmax agreement with the original on rendered
-text lines. A last table times a ResNet-50-sized graph (25M weights, fixed per-layer sparsity + sharing +
-Huffman) and loading its packed file through ``onnxcomp.runtime.InferenceSession``, and checks determinism.
+``deep-compression``). Each chain with a pruning step also packs its pruned model alone, without sharing
+("pruned alone": the pruning step's own stored size and test accuracy, where the automatic thresholds are compared
+with uniform sparsity under the same bound without the sharing step's own bound in between). ``--seed 0,1,2``
+runs every chain at each seed and ends with a table of medians (the search's result depends on the seed).
+PP-OCRv4 rec is scored by per-timestep argmax agreement with the original on rendered text lines. A last table
+times a ResNet-50-sized graph (25M weights, fixed per-layer sparsity + sharing + Huffman) and loading its packed
+file through ``onnxcomp.runtime.InferenceSession``, and checks determinism.
 
-    python benchmarks/deep_compression.py [--models lenet,rescnn,...] [--skip-resnet] [--max-drop PRUNE,SHARE]
-                                          [--small-calib] [--share-bits BITS] [--rec-fresh K] [--rec-fresh-seed S]
+    python benchmarks/deep_compression.py [--models lenet,rescnn,...] [--skip-resnet] [--seed S[,S...]]
+                                          [--max-drop PRUNE,SHARE] [--small-calib] [--share-bits BITS]
+                                          [--rec-fresh K] [--rec-fresh-seed S]
 
 The MNIST and digits models are calibrated on 2000 (1200) images of their training split
 (``paths.TRAIN_CALIB``): the compensated fits need about two samples per input of a layer, and LeNet-300's first
@@ -109,7 +114,7 @@ def timestep_agreement(reference, candidate, xs: list[np.ndarray]) -> list[float
 
 def run_model(key: str, tmp: Path, seed: int, wanted: list[str],
               max_drop: tuple[float, float] | None = None, small_calib: bool = False,
-              share_bits: int | None = None, rec_fresh: int = 0, rec_fresh_seed: int = 3) -> list[list[str]]:
+              share_bits: int | None = None, rec_fresh: int = 0, rec_fresh_seed: int = 3) -> list[dict]:
     rows = []
     if key == "ppocr-rec":
         from models import ppocr
@@ -129,33 +134,92 @@ def run_model(key: str, tmp: Path, seed: int, wanted: list[str],
     original = Path(source).stat().st_size
     chains = dict(CHAINS)
     chosen: dict[str, float] = {}
+
+    def quality(path: Path) -> tuple[str, float]:
+        """(text, change): agreement on rec's test (and fresh) lines, else test accuracy and its change."""
+        if key == "ppocr-rec":
+            test_agree, *fresh = timestep_agreement(str(source), str(path), [test_x, *fresh_x])
+            text = f"agree {test_agree:.4f}"
+            if fresh:
+                text += f", fresh lines {np.mean(fresh):.4f} (min {min(fresh):.4f} over {len(fresh)} x 64)"
+            return text, test_agree
+        acc = accuracy(InferenceSession(str(path)), test)
+        return f"{base * 100:.2f} -> {acc * 100:.2f} ({(acc - base) * 100:+.2f})", (acc - base) * 100
+
     for chain in list(chains) + ["same-sparsity-no-comp"]:
         if chain not in wanted:
             continue
         prune = (chains[chain] if chain in chains
                  else {"mode": "layer", "layer_sparsity": chosen, "compensate": False})
+        recipe = recipe_with(prune, max_drop, share_bits)
         out = tmp / f"{key}-{chain}.onnx"
         start = time.perf_counter()
-        result = compress(str(source), recipe=recipe_with(prune, max_drop, share_bits), calibration=calib,
-                          output=out, seed=seed)
-        seconds = time.perf_counter() - start
-        packed = out.stat().st_size
-        step = next((p for p in result.report.passes if p.name == "prune_magnitude"), None)
-        sparsity = step.summary.split(";")[0] if step else "no pruning"
-        if chain == "auto+comp":
-            chosen = {r["weight"]: r["sparsity"] for r in step.records}
-        if key == "ppocr-rec":
-            test_agree, *fresh = timestep_agreement(str(source), str(out), [test_x, *fresh_x])
-            quality = f"agree {test_agree:.4f}"
-            if fresh:
-                quality += f", fresh lines {np.mean(fresh):.4f} (min {min(fresh):.4f} over {len(fresh)} x 64)"
+        row = {"model": key, "chain": chain, "original": original, "seed": seed}
+        if prune is None:
+            result = compress(str(source), recipe=recipe, calibration=calib, output=out, seed=seed)
         else:
-            acc = accuracy(InferenceSession(str(out)), test)
-            quality = f"{base * 100:.2f} -> {acc * 100:.2f} ({(acc - base) * 100:+.2f})"
-        rows.append([key, chain, f"{original:,}", f"{packed:,}", f"{original / packed:.1f}x", quality,
-                     sparsity, f"{seconds:.0f}"])
-        print(" | ".join(rows[-1]), flush=True)
+            # In two runs, so that the pruned model can also be packed alone (no sharing): the pruning step's own
+            # stored size. Sharing is checked against its input model, so the chain's bytes are those of one run.
+            head, tail = split_after_pruning(recipe)
+            pruned, alone = tmp / f"{key}-{chain}-pruned.onnx", tmp / f"{key}-{chain}-pruned-packed.onnx"
+            result = compress(str(source), recipe=head, calibration=calib, output=pruned, seed=seed)
+            compress(str(pruned), recipe=without(tail, "share_weights"), calibration=calib, output=alone,
+                     seed=seed)
+            row["pruned"] = alone.stat().st_size
+            row["pruned quality"] = quality(alone)[0]
+            step = next(p for p in result.report.passes if p.name == "prune_magnitude")
+            row["pruning"] = step.summary.split(";")[0]
+            if chain == "auto+comp":
+                chosen = {r["weight"]: r["sparsity"] for r in step.records}
+            compress(str(pruned), recipe=tail, calibration=calib, output=out, seed=seed)
+        row["seconds"] = time.perf_counter() - start
+        row["packed"] = out.stat().st_size
+        row["quality"], row["change"] = quality(out)
+        rows.append(row)
+        print(" | ".join(format_row(row)), flush=True)
     return rows
+
+
+HEADER = ["model", "chain", "seed", "original B", "packed B", "ratio", "test accuracy / agreement",
+          "pruned alone B (test)", "pruning", "s"]
+
+
+def format_row(row: dict) -> list[str]:
+    pruned = f"{row['pruned']:,} ({row['pruned quality']})" if "pruned" in row else "-"
+    return [row["model"], row["chain"], str(row["seed"]), f"{row['original']:,}", f"{row['packed']:,}",
+            f"{row['original'] / row['packed']:.1f}x", row["quality"], pruned, row.get("pruning", "no pruning"),
+            f"{row['seconds']:.0f}"]
+
+
+def medians(rows: list[dict]) -> list[list[str]]:
+    """Per model and chain, the medians over seeds of packed bytes, ratio, accuracy change and pruned-alone bytes;
+    and auto+comp's ratio to uniform+comp (each seed's pair, then the median)."""
+    out = []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["chain"]), []).append(r)
+    for (model, chain), rs in groups.items():
+        packed = float(np.median([r["packed"] for r in rs]))
+        line = [model, chain, str(len(rs)), f"{packed:,.0f}", f"{rs[0]['original'] / packed:.1f}x",
+                f"{np.median([r['change'] for r in rs]):+.2f}",
+                f"{np.median([r['pruned'] for r in rs]):,.0f}" if "pruned" in rs[0] else "-", "-", "-"]
+        uniform = {r["seed"]: r for r in groups.get((model, "uniform+comp"), [])}
+        pairs = [(uniform[r["seed"]], r) for r in rs if r["seed"] in uniform]
+        if chain == "auto+comp" and pairs:
+            line[-2] = f"{np.median([u['packed'] / a['packed'] for u, a in pairs]):.2f}x"
+            line[-1] = f"{np.median([u['pruned'] / a['pruned'] for u, a in pairs]):.2f}x"
+        out.append(line)
+    return out
+
+
+def split_after_pruning(recipe: dict) -> tuple[dict, dict]:
+    """The recipe cut after its pruning step: (cleanup and pruning, the rest), each with the recipe's holdout."""
+    cut = next(i for i, s in enumerate(recipe["passes"]) if isinstance(s, dict) and "prune_magnitude" in s) + 1
+    return ({**recipe, "passes": recipe["passes"][:cut]}, {**recipe, "passes": recipe["passes"][cut:]})
+
+
+def without(recipe: dict, name: str) -> dict:
+    return {**recipe, "passes": [s for s in recipe["passes"] if s != name and not (isinstance(s, dict) and name in s)]}
 
 
 def resnet_speed(tmp: Path, seed: int) -> list[list[str]]:
@@ -196,7 +260,8 @@ def main() -> None:
                         help="comma-separated subset of the chains")
     parser.add_argument("--resnet-only", action="store_true")
     parser.add_argument("--skip-resnet", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", default="0", help="seed, or comma-separated seeds: each chain is run at every seed "
+                        "and a table of medians follows")
     parser.add_argument("--small-calib", action="store_true",
                         help="calibrate on the small held-out calibration files (mnist_calib: 500, digits_calib: 200) "
                              "instead of the larger training-split ones (mnist_train2k: 2000, digits_train: 1200)")
@@ -210,19 +275,25 @@ def main() -> None:
     max_drop = tuple(float(x) for x in args.max_drop.split(",")) if args.max_drop else None
     if max_drop is not None and len(max_drop) != 2:
         parser.error("--max-drop takes two numbers: PRUNE,SHARE")
+    seeds = [int(x) for x in args.seed.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        header = ["model", "chain", "original B", "packed B", "ratio", "test accuracy / agreement", "pruning",
-                  "s"]
-        print(" | ".join(header))
+        print(" | ".join(HEADER))
         rows = []
         for key in [] if args.resnet_only else args.models.split(","):
-            rows += run_model(key, tmp, args.seed, args.chains.split(","), max_drop, args.small_calib,
-                              args.share_bits, args.rec_fresh, args.rec_fresh_seed)
+            for seed in seeds:
+                rows += run_model(key, tmp, seed, args.chains.split(","), max_drop, args.small_calib,
+                                  args.share_bits, args.rec_fresh, args.rec_fresh_seed)
+        if len(seeds) > 1 and rows:
+            print()
+            print(" | ".join(["model", "chain", "seeds", "median packed B", "ratio", "median test change (points)",
+                              "median pruned alone B", "auto / uniform packed", "auto / uniform pruned alone"]))
+            for line in medians(rows):
+                print(" | ".join(line))
         if not args.skip_resnet:
             print()
             print("ResNet-50 builder (25.6M weights) | measured | target")
-            for row in resnet_speed(tmp, args.seed):
+            for row in resnet_speed(tmp, seeds[0]):
                 print(" | ".join(row), flush=True)
 
 
