@@ -19,7 +19,7 @@ from onnxcomp.errors import PassError, RecipeError
 from onnxcomp.model import Model
 from onnxcomp.pipeline import PassContext, Pipeline
 from onnxcomp.recipe import parse_recipe
-from tests.conftest import run_ort
+from tests.conftest import run_ort, run_ort_unfused, u8s8_saturates
 
 CLEANUP = ["fold_constants", "eliminate_identity", "fold_batchnorm", "eliminate_dead"]
 
@@ -185,7 +185,9 @@ def test_matmul_and_constant_mul_fuse(tmp_path) -> None:
     assert ops["MatMulIntegerToFloat"] == 1  # the last MatMul's float output is the graph output
     assert sum(r["kind"] == "constant" for r in result.records) == 1
     ref = np.concatenate([run_ort(float_model, f)[0] for f in data])
-    assert _cosine(ref, np.concatenate([run_ort(proto, f)[0] for f in data])) > 0.99
+    assert _cosine(ref, np.concatenate([run_ort_unfused(proto, f)[0] for f in data])) > 0.99
+    if not u8s8_saturates():  # the fused integer kernels too, where they are exact (see conftest)
+        assert _cosine(ref, np.concatenate([run_ort(proto, f)[0] for f in data])) > 0.99
 
 
 def test_int8_symmetric_on_onnxruntime(tmp_path) -> None:
@@ -363,9 +365,19 @@ def test_depthwise_mobilenetv2_does_not_collapse(tmp_path) -> None:
         per_channel=True,
     )
     ref = run_ort(float_model, {"input": x})[0]
-    ours = _cosine(ref, run_ort(model.to_proto(), {"input": x})[0])
-    theirs = _cosine(ref, run_ort(onnx.load(str(tmp_path / "ort.onnx")), {"input": x})[0])
-    assert ours > 0.9 and ours >= theirs - 0.01, (ours, theirs)  # measured 0.947 vs 0.938 (random weights)
+    # The models' meaning (fusions off): measured 0.948 vs 0.938 (random weights).
+    ours = _cosine(ref, run_ort_unfused(model.to_proto(), {"input": x})[0])
+    theirs = _cosine(ref, run_ort_unfused(onnx.load(str(tmp_path / "ort.onnx")), {"input": x})[0])
+    assert ours > 0.9 and ours >= theirs - 0.01, (ours, theirs)
+    fused = _cosine(ref, run_ort(model.to_proto(), {"input": x})[0])
+    if not u8s8_saturates():
+        assert fused > ours - 0.01, (fused, ours)
+    else:  # 8-bit weights saturate the int16 pair sums (0.855 fused); 7-bit weights must not (0.9245 vs 0.9257)
+        narrow = Model.load(float_model)
+        passes = CLEANUP + [{"quantize_weights": {"min_elements": 0, "bits": 7}}, "quantize_activations"]
+        parse_recipe({"passes": passes}).pipeline().run(narrow, PassContext(calibration=data))
+        unfused = _cosine(ref, run_ort_unfused(narrow.to_proto(), {"input": x})[0])
+        assert unfused > 0.9 and _cosine(ref, run_ort(narrow.to_proto(), {"input": x})[0]) > unfused - 0.01
     assert "Conv" not in _optimized_ops(model.to_proto(), tmp_path)  # depthwise convs run in integers too
 
 
