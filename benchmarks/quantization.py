@@ -25,6 +25,8 @@ Rows:
 - ``ort dynamic``: ``quantize_dynamic``, ``per_channel=True``, int8 weights (no calibration);
 - ``int8 <method>``: recipe ``int8`` (W8A8 static QDQ) with each activation-range method; the recipe's own method
   is marked ``*``;
+- ``int8-avx2 (7-bit weights)``: recipe ``int8-avx2``, the one for x86 CPUs without VNNI, where onnxruntime's fused
+  kernels saturate with 8-bit weights (the header line says which kind of CPU ran the table);
 - ``int8-weights``: weight-only 8 bits; ``int4-weights gptq`` (the recipe) and ``int4-weights rtn`` (rounded to
   nearest, same grids); stored as int4 (opset 21), stock onnxruntime;
 - ``mixed avg4``: recipe ``mixed`` (a width per layer in 2..8 bits, GPTQ, mean 4 bits per weight, bit-packed /
@@ -83,7 +85,7 @@ from onnxcomp.bench import benchmark  # noqa: E402
 from onnxcomp.calibration import CalibrationData  # noqa: E402
 from onnxcomp.model import Model  # noqa: E402
 from onnxcomp.recipe import load_recipe  # noqa: E402
-from onnxcomp.runtime import session, session_options, unpack  # noqa: E402
+from onnxcomp.runtime import int8_pairs_saturate, session, session_options, unpack  # noqa: E402
 
 MODELS = ("rescnn", "lenet", "vgg", "concat", "ppocr-det", "ppocr-rec", "ppocr-cls", "mobilenetv2")
 TRAINED = {"rescnn": "mnist_rescnn", "lenet": "mnist_lenet300", "vgg": "mnist_vgg", "concat": "digits_concat"}
@@ -292,6 +294,7 @@ def variants(quick: bool) -> list[tuple[str, str, dict | None, tuple[str, ...]]]
         star = "*" if method == int8_default else ""
         rows.append((f"int8 {method}{star}", "int8", {"quantize_activations": {"method": method}}, ()))
     rows += [
+        ("int8-avx2 (7-bit weights)", "int8-avx2", {}, ()),
         ("int8-weights", "int8-weights", {}, ()),
         ("int4-weights gptq", "int4-weights", {}, ()),
         ("int4-weights rtn", "int4-weights", {"quantize_weights": {"rounding": "nearest"}}, ()),
@@ -441,8 +444,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's pre-processing advice
+    kind = ("SATURATE with 8-bit weights (x86 without VNNI: the int8-avx2 row is the one for this CPU)"
+            if int8_pairs_saturate() else "exact (VNNI, or not x86)")
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, latency: batch 1, {args.threads} intra-op "
-          f"thread(s), {args.rounds} interleaved rounds, medians; {os.cpu_count()} CPUs")
+          f"thread(s), {args.rounds} interleaved rounds, medians; {os.cpu_count()} CPUs; fused int8 kernels {kind}")
     print(" | ".join(HEADER), flush=True)
     checks = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -78,6 +78,7 @@ from onnxcomp.fidelity import compare
 from onnxcomp.graph_edit import is_graph_output, is_standard, node_label, tensor_names, unique_name
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.runtime import int8_pairs_saturate
 from onnxcomp.stats import RunningStats, collect_stats
 from onnxcomp.weights import constant_value, is_constant
 
@@ -213,6 +214,11 @@ class QuantizeActivations(Pass):
             f"{len(plan.entries)} activations quantized ({cfg.method}{chosen}, {cfg.grid.dtype.name}, "
             f"{cfg.target}), {biases} int32 biases, {len(kept)} nodes kept float"
         )
+        if cfg.target == "onnxruntime" and not cfg.grid.symmetric and int8_pairs_saturate() and _wide_codes(model):
+            result.notes.append(
+                "this CPU (x86 without VNNI) sums pairs of uint8 x int8 products in int16 in onnxruntime's fused "
+                "kernels, which 8-bit weights can saturate: fidelity measured here may be worse than on VNNI or ARM "
+                "CPUs; for such deployment targets use recipe int8-avx2 (7-bit weights)")
         return result
 
     def _choose(self, model: Model, ctx: PassContext, stats: dict[str, RunningStats],
@@ -753,3 +759,13 @@ class _Inserter:
         node.inputs[slot] = out
         return {"tensor": base, "kind": "constant", "layer": node_label(node), "scale": float(scale),
                 "zero_point": int(zero_point)}  # fmt: skip
+
+
+def _wide_codes(model: Model) -> bool:
+    """Whether a DequantizeLinear reads int8 weight codes beyond 7 bits (|code| > 63)."""
+    for node in model.graph.nodes:
+        codes = node.inputs[0] if node.op == "DequantizeLinear" and node.inputs else None
+        if isinstance(codes, gs.Constant) and codes.dtype == np.int8 and codes.values.size:
+            if int(np.abs(codes.values.astype(np.int16)).max()) > 63:
+                return True
+    return False

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import platform
 import sys
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +30,6 @@ def run_ort_unfused(model, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     from onnxcomp.runtime import session
 
     return session(model, optimize=False).run(None, feed)
-
-
-@cache
-def u8s8_saturates() -> bool:
-    """Whether onnxruntime's fused uint8 x int8 kernels can saturate on this CPU: x86 with AVX2 but no VNNI, where
-    pairs of products are summed in int16 (VPMADDUBSW); onnxruntime's docs advise 7-bit weights (reduce_range)
-    there. Measured on an AMD EPYC without VNNI: a MobileNetV2's cosine to float 0.948 unfused, 0.855 fused."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    flags = set(flags.split(":", 1)[1].split())
-    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from onnxcomp.api import compress
 from onnxcomp.cli import main
 from onnxcomp.errors import PassError
 from onnxcomp.recipe import builtin_recipes, load_recipe
-from onnxcomp.runtime import InferenceSession, session_options
+from onnxcomp.runtime import InferenceSession, int8_pairs_saturate, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 RESCNN = ROOT / "models" / "mnist_rescnn.onnx"
@@ -106,6 +106,16 @@ def test_int8_avx2_has_7_bit_weights_and_fused_kernels_match_its_meaning(outputs
     meaning = ort.InferenceSession(str(path), session_options(optimize=False),
                                    providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert np.abs(fused - meaning).max() <= 0.01 * np.abs(meaning).max()  # 0.002 (8-bit weights: 0.21 on AVX2)
+
+
+def test_report_notes_saturating_cpus(outputs) -> None:
+    """On a CPU whose fused kernels saturate with 8-bit weights, int8's report says so and names int8-avx2; the
+    7-bit recipe's report never does, and no report does on other CPUs."""
+    def noted(name: str) -> bool:
+        return any("int8-avx2" in n for n in outputs[name][1].report.notes)
+
+    assert noted("int8") == int8_pairs_saturate()
+    assert not noted("int8-avx2")
 
 
 def test_int8_runs_as_integer_kernels(outputs, tmp_path) -> None:

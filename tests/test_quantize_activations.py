@@ -19,7 +19,8 @@ from onnxcomp.errors import PassError, RecipeError
 from onnxcomp.model import Model
 from onnxcomp.pipeline import PassContext, Pipeline
 from onnxcomp.recipe import parse_recipe
-from tests.conftest import run_ort, run_ort_unfused, u8s8_saturates
+from onnxcomp.runtime import int8_pairs_saturate
+from tests.conftest import run_ort, run_ort_unfused
 
 CLEANUP = ["fold_constants", "eliminate_identity", "fold_batchnorm", "eliminate_dead"]
 
@@ -186,7 +187,7 @@ def test_matmul_and_constant_mul_fuse(tmp_path) -> None:
     assert sum(r["kind"] == "constant" for r in result.records) == 1
     ref = np.concatenate([run_ort(float_model, f)[0] for f in data])
     assert _cosine(ref, np.concatenate([run_ort_unfused(proto, f)[0] for f in data])) > 0.99
-    if not u8s8_saturates():  # the fused integer kernels too, where they are exact (see conftest)
+    if not int8_pairs_saturate():  # the fused integer kernels too, where they are exact (see conftest)
         assert _cosine(ref, np.concatenate([run_ort(proto, f)[0] for f in data])) > 0.99
 
 
@@ -370,7 +371,7 @@ def test_depthwise_mobilenetv2_does_not_collapse(tmp_path) -> None:
     theirs = _cosine(ref, run_ort_unfused(onnx.load(str(tmp_path / "ort.onnx")), {"input": x})[0])
     assert ours > 0.9 and ours >= theirs - 0.01, (ours, theirs)
     fused = _cosine(ref, run_ort(model.to_proto(), {"input": x})[0])
-    if not u8s8_saturates():
+    if not int8_pairs_saturate():
         assert fused > ours - 0.01, (fused, ours)
     else:  # 8-bit weights saturate the int16 pair sums (0.855 fused); 7-bit weights must not (0.9245 vs 0.9257)
         narrow = Model.load(float_model)
