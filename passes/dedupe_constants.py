@@ -8,8 +8,8 @@ Rules:
 1. Candidates are the initializers that only main-graph nodes read: not graph inputs (an overridable
    initializer is part of the interface), not graph outputs, and not read inside a subgraph (a subgraph's
    reference to an outer name is left as it is).
-2. Two candidates are the same when their dtype, shape and bytes are equal (so 1.0 as a scalar and as a 1-element
-   vector stay apart, and so do float32 and int32 with the same bits).
+2. Two candidates are the same when their stored dtype, shape and values are equal (so 1.0 as a scalar and as a
+   1-element vector stay apart, and so do float32 and int32 with the same bits, and int4 and int8 codes).
 3. Every group keeps its first member in graph order, under its name; the consumers of the others read it, and
    the others leave the file.
 4. Nothing else changes; outputs are bit-identical.
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.graph_edit import replace_uses
 from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.weights import stored_nbytes, values_of
 
 
 class DedupeConstants(Pass):
@@ -46,11 +46,11 @@ class DedupeConstants(Pass):
                 seen.add(id(t))
                 if id(t) in interface or t.name in overridable or any(id(c) not in main for c in t.outputs):
                     continue
-                values = np.asarray(t.values)
-                key = (values.dtype.str, values.shape, hashlib.sha256(values.tobytes()).digest())
+                values = values_of(t)  # INT4/INT2 widened, and not cached in the constant (it would not export)
+                key = (str(t.dtype), values.shape, hashlib.sha256(values.tobytes()).digest())  # storage dtype
                 first = kept.setdefault(key, t)
                 if first is not t:
-                    merged.append((t, first, values.nbytes))
+                    merged.append((t, first, stored_nbytes(t.dtype, values.size)))
         records = []
         for dup, first, nbytes in merged:
             replace_uses(dup, first)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxcomp.passes import DedupeConstants
@@ -74,3 +75,27 @@ def test_a_constant_also_read_in_a_subgraph_is_left_alone():
     out = model.to_proto()
     feed = {"x": np.ones((2, 3), np.float32), "cond": np.array(True)}
     np.testing.assert_array_equal(_run(out, feed), _run(proto, feed))
+
+
+def test_int4_codes_merge_by_their_storage_type_and_still_export():
+    """INT4 codes equal to INT8 ones stay apart (another storage type); two equal INT4 tensors merge, and the model
+    still exports (reading a narrow constant through graphsurgeon's cache would write the unpacked byte count)."""
+    codes = np.array([[1, -2, 3, -4], [5, -6, 7, -8]], np.int8)
+    inits = [helper.make_tensor(n, t, codes.shape, codes.ravel().tolist())
+             for n, t in [("a", TensorProto.INT4), ("b", TensorProto.INT4), ("c", TensorProto.INT8)]]
+    inits.append(numpy_helper.from_array(np.array(0.5, np.float32), "s"))
+    nodes = [helper.make_node("DequantizeLinear", [n, "s"], [f"d{n}"]) for n in "abc"]
+    nodes += [helper.make_node("Add", ["da", "db"], ["e"]), helper.make_node("Add", ["e", "dc"], ["f"]),
+              helper.make_node("Add", ["f", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "int4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    model = Model.load(proto)
+    result = DedupeConstants().run(model, PassContext())
+    assert result.records == [{"weight": "b", "into": "a", "bytes": 4}]
+    out = model.to_proto()
+    onnx.checker.check_model(out)
+    assert {t.name: t.data_type for t in out.graph.initializer} == {"a": TensorProto.INT4, "c": TensorProto.INT8,
+                                                                    "s": TensorProto.FLOAT}
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(_run(out, {"x": x}), _run(proto, {"x": x}))
