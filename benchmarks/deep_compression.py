@@ -85,7 +85,7 @@ def recipe_with(prune: dict | None, max_drop: tuple[float, float] | None = None,
     bounds replaced by ``max_drop`` and its sharing width fixed at ``share_bits`` (None: the recipe's ``auto``)."""
     recipe = copy.deepcopy(load_recipe("deep-compression").to_dict())
     if prune is None:
-        recipe["passes"] = [s for s in recipe["passes"] if not (isinstance(s, dict) and "prune_magnitude" in s)]
+        recipe = without(recipe, "prune_magnitude")
     for step in recipe["passes"]:
         if "prune_magnitude" in step:
             step["prune_magnitude"].update(prune)
@@ -161,7 +161,7 @@ def run_model(key: str, tmp: Path, seed: int, wanted: list[str],
         start = time.perf_counter()
         row = {"model": key, "chain": chain, "original": original, "seed": seed}
         if prune is None:
-            result = compress(str(source), recipe=recipe, calibration=calib, output=out, seed=seed)
+            compress(str(source), recipe=recipe, calibration=calib, output=out, seed=seed)
         else:
             # In two runs, so that the pruned model can also be packed alone (no sharing): the pruning step's own
             # stored size. Sharing is checked against its input model, so the chain's bytes are those of one run.

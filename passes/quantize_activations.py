@@ -80,7 +80,7 @@ from onnxcomp.model import Model
 from onnxcomp.pipeline import Pass, PassContext, PassResult
 from onnxcomp.runtime import int8_pairs_saturate
 from onnxcomp.stats import RunningStats, collect_stats
-from onnxcomp.weights import constant_value, is_constant
+from onnxcomp.weights import constant_value, is_constant, values_of
 
 _INT32_MAX = float(np.iinfo(np.int32).max)
 _CAPTURE_BYTES = 1 << 29  # captured activations of one batch held at once (512 MiB), else several passes
@@ -765,7 +765,7 @@ def _wide_codes(model: Model) -> bool:
     """Whether a DequantizeLinear reads int8 weight codes beyond 7 bits (|code| > 63)."""
     for node in model.graph.nodes:
         codes = node.inputs[0] if node.op == "DequantizeLinear" and node.inputs else None
-        if isinstance(codes, gs.Constant) and codes.dtype == np.int8 and codes.values.size:
-            if int(np.abs(codes.values.astype(np.int16)).max()) > 63:
-                return True
+        values = values_of(codes) if isinstance(codes, gs.Constant) and codes.dtype == np.int8 else None
+        if values is not None and values.size and int(np.abs(values.astype(np.int16)).max()) > 63:
+            return True
     return False
