@@ -75,7 +75,14 @@ class WeightEvaluator:
         return [self.session.run(self.outputs, {**feed, **weights}) for feed in self.data]
 
     def drop(self, weights: dict[str, np.ndarray]) -> float:
+        return self._drop(self._run(weights))
+
+    def measure(self, weights: dict[str, np.ndarray]) -> tuple[float, float]:
+        """``(drop, distortion)`` from one run of the model."""
         outs = self._run(weights)
+        return self._drop(outs), self._distortion(outs)
+
+    def _drop(self, outs: list[list[np.ndarray]]) -> float:
         if self.metric == "accuracy":
             return self.reference_accuracy - self._accuracy(outs)
         if self.metric == "agreement":
@@ -95,7 +102,9 @@ class WeightEvaluator:
     def distortion(self, weights: dict[str, np.ndarray]) -> float:
         """Relative squared error of the outputs, ``sum ||y - y_ref||^2 / sum ||y_ref||^2``, averaged over outputs:
         a continuous measure for sensitivity analysis, where the bound's metric is too coarse."""
-        outs = self._run(weights)
+        return self._distortion(self._run(weights))
+
+    def _distortion(self, outs: list[list[np.ndarray]]) -> float:
         total = 0.0
         for i in range(len(self.outputs)):
             num = sum(float(np.sum((o[i].astype(np.float64) - r[i]) ** 2)) for o, r in zip(outs, self.reference))
