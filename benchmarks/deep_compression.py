@@ -90,9 +90,10 @@ CHAINS = {
     "auto+comp": {"mode": "auto", "compensate": True},
     "auto": {"mode": "auto", "compensate": False},
     "uniform+comp": {"mode": "uniform", "compensate": True},
-    "alloc+comp": {"mode": "auto", "compensate": True, "start": "allocation"},  # only when named in --chains
+    "alloc+comp": {"mode": "auto", "compensate": True, "start": "allocation"},
     "share-only": None,  # the recipe without its pruning step
 }
+OPT_IN = ("alloc+comp",)  # chains run only when named in --chains
 
 
 def recipe_with(prune: dict | None, max_drop: tuple[float, float] | None = None, share_bits: int | None = None
@@ -277,7 +278,7 @@ def resnet_speed(tmp: Path, seed: int) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--chains", default=",".join([c for c in CHAINS if c != "alloc+comp"]
+    parser.add_argument("--chains", default=",".join([c for c in CHAINS if c not in OPT_IN]
                                                      + ["same-sparsity-no-comp"]),
                         help="comma-separated subset of the chains")
     parser.add_argument("--resnet-only", action="store_true")

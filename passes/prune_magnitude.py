@@ -169,14 +169,19 @@ class PruneMagnitude(Pass):
                 feeds.update(layer)
             return feeds
 
-        def measure(s: np.ndarray) -> tuple[float, float]:
-            """(violation of the bound, model-output distortion), both over every fold's check samples."""
-            runs = [(*ev.measure(weights_for(f, hs, s)), ev.data.num_samples) for f, (hs, ev) in enumerate(folds)]
-            total = sum(n for *_, n in runs)
-            return (sum(d * n for d, _, n in runs) / total - cfg.max_drop, sum(e * n for _, e, n in runs) / total)
+        def over_folds(s: np.ndarray, score) -> np.ndarray:
+            """``score(evaluator, weights)`` (a number or a tuple) averaged over every fold's check samples."""
+            runs = [(np.asarray(score(ev, weights_for(f, hs, s))), ev.data.num_samples)
+                    for f, (hs, ev) in enumerate(folds)]
+            return sum(v * n for v, n in runs) / sum(n for _, n in runs)
 
         def violation(s: np.ndarray) -> float:
-            return measure(s)[0]
+            return float(over_folds(s, WeightEvaluator.drop)) - cfg.max_drop
+
+        def measure(s: np.ndarray) -> tuple[float, float]:
+            """(violation of the bound, model-output distortion) from one run per fold: ``start: allocation``."""
+            drop, distortion = over_folds(s, WeightEvaluator.measure)
+            return float(drop) - cfg.max_drop, float(distortion)
 
         evaluator = folds[0][1]  # its count of evaluations is the number of candidates tried
         n = len(pruner.layers)
@@ -191,7 +196,7 @@ class PruneMagnitude(Pass):
             return [pruner.count(i, lo, _STEP) for i in range(n)]
         progress = Progress(range(n), "prune: sensitivity", ctx.progress)
         if cfg.start == "allocation":
-            x0, high = _allocated_start(sizes, cfg.max_sparsity, measure, progress)
+            x0, high = _allocated_start(sizes, cfg.max_sparsity, measure, violation, progress)
         else:
             x0, high = _scaled_start(n, cfg.max_sparsity, violation, progress)
         found = ncs_minimize(
@@ -358,7 +363,6 @@ class _Pruner:
         return errors
 
 
-
 def _scaled_start(n: int, max_sparsity: float, violation: Callable[[np.ndarray], float],
                   layers: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
     """``start: scaled``: (warm start, upper box of the search).
@@ -386,6 +390,7 @@ def _scaled_start(n: int, max_sparsity: float, violation: Callable[[np.ndarray],
 
 def _allocated_start(sizes: np.ndarray, max_sparsity: float,
                      measure: Callable[[np.ndarray], tuple[float, float]],
+                     violation: Callable[[np.ndarray], float],
                      layers: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
     """``start: allocation``: (warm start, upper box of the search).
 
@@ -414,8 +419,8 @@ def _allocated_start(sizes: np.ndarray, max_sparsity: float,
         curves.append(curve)
     values = np.concatenate([[0.0], grid])
     path = allocation_path(curves)
-    at = cheapest_feasible(path, lambda alloc: measure(values[np.asarray(alloc)])[0] <= 0)
-    x0 = values[np.asarray(path[at])] if at else _scaled_to_feasible(limit, lambda x: measure(x)[0])
+    at = cheapest_feasible(path, lambda alloc: violation(values[np.asarray(alloc)]) <= 0)
+    x0 = values[np.asarray(path[at])] if at else _scaled_to_feasible(limit, violation)
     return x0, np.maximum(high, x0)
 
 
@@ -428,6 +433,7 @@ def _scaled_to_feasible(limit: np.ndarray, violation: Callable[[np.ndarray], flo
         lo, hi = (mid, hi) if violation(mid * limit) <= 0 else (lo, mid)
     x0 = lo * limit
     return x0 if violation(x0) <= 0 else np.zeros(len(limit))
+
 
 def _score(a: np.ndarray, hessian: LayerHessian | None) -> np.ndarray:
     """``|w|``, or ``|w| * sqrt(E[x^2])`` of the input it multiplies (the diagonal of ``hessian``)."""

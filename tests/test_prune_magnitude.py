@@ -144,7 +144,8 @@ def _allocated(violation, max_sparsity=0.95):
 
     weights = np.array([0.01, 1.0, 1.0])  # layer 0 is ten times larger and a hundred times less sensitive
     sizes = np.array([1000.0, 100.0, 100.0])
-    x0, high = _allocated_start(sizes, max_sparsity, lambda x: (violation(x), float(weights @ x)), range(3))
+    x0, high = _allocated_start(sizes, max_sparsity, lambda x: (violation(x), float(weights @ x)), violation,
+                                range(3))
     return x0, high, float(np.sum(sizes * (1 - x0)))
 
 
