@@ -216,7 +216,7 @@ HEADER = ["model", "chain", "seed", "original B", "packed B", "ratio", "test acc
 def format_row(row: dict) -> list[str]:
     pruned = f"{row['pruned']:,} ({row['pruned quality']})" if "pruned" in row else "-"
     return [row["model"], row["chain"], str(row["seed"]), f"{row['original']:,}", f"{row['packed']:,}",
-            f"{row['original'] / row['packed']:.1f}x", row["quality"], pruned, row.get("pruning", "no pruning"),
+            f"{row['original'] / row['packed']:.2f}x", row["quality"], pruned, row.get("pruning", "no pruning"),
             f"{row['seconds']:.0f}"]
 
 
@@ -229,7 +229,7 @@ def medians(rows: list[dict]) -> list[list[str]]:
         groups.setdefault((r["model"], r["chain"]), []).append(r)
     for (model, chain), rs in groups.items():
         packed = float(np.median([r["packed"] for r in rs]))
-        line = [model, chain, str(len(rs)), f"{packed:,.0f}", f"{rs[0]['original'] / packed:.1f}x",
+        line = [model, chain, str(len(rs)), f"{packed:,.0f}", f"{rs[0]['original'] / packed:.2f}x",
                 f"{np.median([r['change'] for r in rs]):+.2f}",
                 f"{np.median([r['pruned'] for r in rs]):,.0f}" if "pruned" in rs[0] else "-", "-", "-"]
         uniform = {r["seed"]: r for r in groups.get((model, "uniform+comp"), [])}
