@@ -85,9 +85,9 @@ def test_auto_search_respects_the_bound(start: str) -> None:
     # for 256 calibration samples against 1000 test samples.
     assert 1.0 - fidelity.outputs[0].top1_agreement <= 0.02 + 0.01
     assert fidelity.accuracy_drop <= 0.02 + 1e-9  # 0.979 - 0.959 = 0.020000000000000018 in floats
-    records = next(p for p in result.report.passes if p.name == "prune_magnitude").records
-    assert len({round(r["sparsity"], 2) for r in records}) > 1  # per-layer thresholds, not one ratio
-    assert f"{start} start" in next(p for p in result.report.passes if p.name == "prune_magnitude").summary
+    step = next(p for p in result.report.passes if p.name == "prune_magnitude")
+    assert len({round(r["sparsity"], 2) for r in step.records}) > 1  # per-layer thresholds, not one ratio
+    assert f"{start} start" in step.summary
 
 
 def test_auto_search_same_seed_same_bytes() -> None:
@@ -135,7 +135,6 @@ def test_large_layers_are_searched_compensated() -> None:
     pruner = _Pruner(_prunable(model, MagnitudePruneConfig(), PassResult(modified=False)))
     assert pruner.compensation_flops(0.8) < _CHEAP_FLOPS
     assert pruner.compensation_flops(0.0) > 0
-
 
 
 def _allocated(violation, max_sparsity=0.95):
