@@ -10,7 +10,19 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # passes/ and kernels/ live at the top of the repository but install inside the onnxcomp package.
-    packages=["onnxcomp", "onnxcomp.codecs", "onnxcomp.passes", "onnxcomp.kernels"],
+    # Listed by hand because of the mapping; tests/test_layers.py checks that the list covers every package folder.
+    packages=[
+        "onnxcomp",
+        "onnxcomp.ir",
+        "onnxcomp.codecs",
+        "onnxcomp.calibration",
+        "onnxcomp.analysis",
+        "onnxcomp.numerics",
+        "onnxcomp.measure",
+        "onnxcomp.emit",
+        "onnxcomp.passes",
+        "onnxcomp.kernels",
+    ],
     package_dir={"onnxcomp": "onnxcomp", "onnxcomp.passes": "passes", "onnxcomp.kernels": "kernels"},
     package_data={"onnxcomp": ["recipes/*.yaml"]},
     install_requires=[

@@ -81,8 +81,8 @@ sys.path.insert(0, str(ROOT))
 
 from models import builders, paths  # noqa: E402
 from onnxcomp.api import compress  # noqa: E402
-from onnxcomp.calibration import CalibrationData  # noqa: E402
-from onnxcomp.model import Model  # noqa: E402
+from onnxcomp.calibration.data import CalibrationData  # noqa: E402
+from onnxcomp.ir.model import Model  # noqa: E402
 from onnxcomp.recipe import load_recipe  # noqa: E402
 from onnxcomp.runtime import InferenceSession, session  # noqa: E402
 

@@ -34,8 +34,8 @@ Four tables, every figure from this run:
    per-timestep argmax agreement. MACs at batch 1 and the calibration input size. ``--quick``: 8 calibration
    inputs (batches of 4) and 8 held-out ones.
 
-Latency (tables 1, 2 and 4): ``onnxcomp.bench.benchmark``, all models of one row group interleaved in the same
-rounds, medians, onnxruntime default threads (``--threads 0``: every core). Before timing, the original and
+Latency (tables 1, 2 and 4): ``onnxcomp.measure.latency.benchmark``, all models of one row group interleaved in the
+same rounds, medians, onnxruntime default threads (``--threads 0``: every core). Before timing, the original and
 every pruned model go through the same lossless cleanup (fold_constants, eliminate_identity, fold_batchnorm,
 eliminate_dead, as recipe ``cleanup``), so BatchNorm is folded on both sides. ``speedup`` = original median /
 pruned median. Batch 64 (trained) and 8 (builders) keep both cores busy; PP-OCR is timed at batch 1 only (det on
@@ -61,20 +61,19 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models import builders, paths  # noqa: E402
+from onnxcomp.analysis.channel_groups import analyze  # noqa: E402
+from onnxcomp.analysis.channel_importance import importance  # noqa: E402
+from onnxcomp.analysis.cost import tensor_shapes, total_macs  # noqa: E402
+from onnxcomp.calibration.data import CalibrationData  # noqa: E402
+from onnxcomp.ir.model import Model  # noqa: E402
+from onnxcomp.measure.latency import benchmark  # noqa: E402
+from onnxcomp.passes.base import PassContext  # noqa: E402
 from onnxcomp.passes.eliminate_dead import EliminateDead  # noqa: E402
 from onnxcomp.passes.eliminate_identity import EliminateIdentity  # noqa: E402
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm  # noqa: E402
 from onnxcomp.passes.fold_constants import FoldConstants  # noqa: E402
 from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, _Planner, zero_removal  # noqa: E402
-
-from models import builders, paths  # noqa: E402
-from onnxcomp.bench import benchmark  # noqa: E402
-from onnxcomp.calibration import CalibrationData  # noqa: E402
-from onnxcomp.channel_groups import analyze  # noqa: E402
-from onnxcomp.channel_importance import importance  # noqa: E402
-from onnxcomp.cost import tensor_shapes, total_macs  # noqa: E402
-from onnxcomp.model import Model  # noqa: E402
-from onnxcomp.pipeline import PassContext  # noqa: E402
 from onnxcomp.runtime import session  # noqa: E402
 
 TRAINED = {"rescnn": "mnist_rescnn", "vgg": "mnist_vgg", "concat": "digits_concat", "lenet": "mnist_lenet300"}
@@ -464,9 +463,10 @@ def main() -> None:
             parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(wanted)}")
         wanted = args.only.split(",")
     start = time.perf_counter()
-    print(f"onnxruntime {ort.__version__}; {os.cpu_count()} CPUs; latency: onnxcomp.bench, interleaved rounds "
-          f"({args.trained_rounds} trained, {args.rounds} builders and PP-OCR), medians, {args.threads or 'default'} "
-          "intra-op threads; BN folded (cleanup passes) in original and pruned models alike"
+    print(f"onnxruntime {ort.__version__}; {os.cpu_count()} CPUs; latency: onnxcomp.measure.latency, interleaved "
+          f"rounds ({args.trained_rounds} trained, {args.rounds} builders and PP-OCR), medians, "
+          f"{args.threads or 'default'} intra-op threads; BN folded (cleanup passes) in original and pruned "
+          "models alike"
           + ("; QUICK: small builders, 8 PP-OCR inputs" if args.quick else ""))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

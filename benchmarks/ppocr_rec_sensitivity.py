@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from models import ppocr  # noqa: E402
 from onnxcomp.api import compress  # noqa: E402
+from onnxcomp.ir.weights import Weight, weight_table  # noqa: E402
 from onnxcomp.runtime import session  # noqa: E402
-from onnxcomp.weights import Weight, weight_table  # noqa: E402
 
 
 def kernels(model) -> list[Weight]:

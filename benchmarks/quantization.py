@@ -40,7 +40,7 @@ model (and the share of lines whose greedy CTC string equals the float model's);
 accuracy against the rendered rotation labels); det: F1 of the probability map thresholded at 0.3 (rapidocr's DB
 ``thresh``) against the float map's, and its mean absolute error; MobileNetV2 builder (random weights, 1000 close
 logits): logit cosine with float (and top-1 agreement); SQNR of the held-out outputs against the float model's;
-onnxruntime latency at batch 1 (``onnxcomp.bench``: all rows of a model interleaved, medians,
+onnxruntime latency at batch 1 (``onnxcomp.measure.latency``: all rows of a model interleaved, medians,
 ``--threads`` intra-op threads, default 1) and its ratio to float; the kernels onnxruntime runs after its graph
 optimizer (integer / float weighted kernels, MatMulNBits called out); seconds spent quantizing.
 A last table checks the targets of issue 4.
@@ -81,9 +81,9 @@ sys.path.insert(0, str(ROOT))
 
 from models import builders, paths  # noqa: E402
 from onnxcomp.api import compress  # noqa: E402
-from onnxcomp.bench import benchmark  # noqa: E402
-from onnxcomp.calibration import CalibrationData  # noqa: E402
-from onnxcomp.model import Model  # noqa: E402
+from onnxcomp.calibration.data import CalibrationData  # noqa: E402
+from onnxcomp.ir.model import Model  # noqa: E402
+from onnxcomp.measure.latency import benchmark  # noqa: E402
 from onnxcomp.recipe import load_recipe  # noqa: E402
 from onnxcomp.runtime import int8_pairs_saturate, session, session_options, unpack  # noqa: E402
 

@@ -16,9 +16,9 @@ sys.path.insert(0, str(ROOT))
 
 from models import builders, paths  # noqa: E402
 from onnxcomp.api import compress  # noqa: E402
-from onnxcomp.model import Model  # noqa: E402
+from onnxcomp.ir.model import Model  # noqa: E402
+from onnxcomp.ir.weights import weight_table  # noqa: E402
 from onnxcomp.runtime import session  # noqa: E402
-from onnxcomp.weights import weight_table  # noqa: E402
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxcomp.calibration import CalibrationData, input_specs
-from onnxcomp.fidelity import FidelityReport, Metric, compare
-from onnxcomp.fileio import staged_dir
-from onnxcomp.model import Model, check_output_files, needs_external_data, save_proto, write_model
-from onnxcomp.pipeline import Pass, PassContext
+from onnxcomp.calibration.data import CalibrationData, input_specs
+from onnxcomp.ir.fileio import staged_dir
+from onnxcomp.ir.model import Model, check_output_files, needs_external_data, save_proto, write_model
+from onnxcomp.measure.fidelity import FidelityReport, Metric, compare
+from onnxcomp.measure.report import CompressReport, PassSummary
+from onnxcomp.measure.summary import LayerRow, layer_rows, size_by_section, summarize
+from onnxcomp.passes.base import Pass, PassContext
 from onnxcomp.recipe import Recipe, load_recipe
-from onnxcomp.report import CompressReport, PassSummary
-from onnxcomp.summary import LayerRow, layer_rows, size_by_section, summarize
 
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
 
@@ -59,8 +59,8 @@ def channel_groups(source: ModelSource, shapes: dict[str, Sequence[int]] | None 
                    align: str = "strict") -> list[dict]:
     """The channel groups filter pruning works with: members, size, and why a group is locked.
     ``shapes`` gives graph input shapes where they have free dims other than the batch."""
-    from onnxcomp.channel_groups import analyze
-    from onnxcomp.cost import tensor_shapes
+    from onnxcomp.analysis.channel_groups import analyze
+    from onnxcomp.analysis.cost import tensor_shapes
 
     model = Model.load(source)
     return analyze(model, align, tensor_shapes(model, shapes=shapes)).describe()

@@ -13,10 +13,10 @@ import click
 from tqdm import tqdm
 
 from onnxcomp import api
-from onnxcomp.bench import bench_feed, benchmark
 from onnxcomp.errors import OnnxcompError, PassError
+from onnxcomp.measure.latency import bench_feed, benchmark
+from onnxcomp.measure.report import dumps_json
 from onnxcomp.recipe import builtin_recipes
-from onnxcomp.report import dumps_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,7 +151,7 @@ def recipes() -> None:
 @click.option("-o", "--output", required=True, help="Output .onnx path (must differ from MODEL).")
 def unpack(model: str, output: str) -> None:
     """Decode packed weights (ai.onnxcomp.DecodeWeight) into float initializers: plain ONNX for any runtime."""
-    from onnxcomp.model import Model, save_proto
+    from onnxcomp.ir.model import Model, save_proto
     from onnxcomp.runtime import unpack as unpack_model
 
     source = Model.load(model)

@@ -32,5 +32,9 @@ class PassError(OnnxcompError):
     """A pass cannot run on this model (a requirement is missing)."""
 
 
+class ComparisonError(OnnxcompError):
+    """Two models cannot be compared: their outputs differ in names, count or shapes."""
+
+
 class CodecError(OnnxcompError):
     """A packed weight cannot be encoded or decoded (a corrupt or truncated blob, an invalid Huffman table)."""

@@ -29,7 +29,8 @@ import yaml
 
 from onnxcomp.errors import RecipeError
 from onnxcomp.passes import PASSES
-from onnxcomp.pipeline import Pass, Pipeline
+from onnxcomp.passes.base import Pass
+from onnxcomp.pipeline import Pipeline
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
 _TOP_KEYS = ("name", "description", "holdout", "passes")
@@ -144,7 +145,7 @@ def _parse_step(entry: Any, where: str) -> Step:
         values[key] = _coerce(value, hints[key], f"{where}: option '{key}' of pass '{name}'")
     try:
         config = config_cls(**values)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecipeError) as e:  # configs raise RecipeError; TypeError for odd values
         raise RecipeError(f"{where}: pass '{name}': {e}") from None
     return Step(name, config)
 

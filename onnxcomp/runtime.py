@@ -1,6 +1,6 @@
 """onnxruntime sessions for what onnxcomp reads and writes, packed weights included.
 
-:func:`session` builds a CPU session from a path, a ModelProto or a :class:`~onnxcomp.model.Model`, with
+:func:`session` builds a CPU session from a path, a ModelProto or a :class:`~onnxcomp.ir.model.Model`, with
 onnxruntime's usual optimisations, and turns onnxruntime's refusal of a model into an :class:`OnnxcompError`.
 Models larger than protobuf's 2 GB limit are handed to onnxruntime by path.
 
@@ -28,8 +28,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxcomp.errors import CodecError, ModelLoadError
+from onnxcomp.ir.model import EXTERNAL_DATA_THRESHOLD, Model, save_proto, subgraphs
 from onnxcomp.kernels import reference, schema
-from onnxcomp.model import EXTERNAL_DATA_THRESHOLD, Model, save_proto, subgraphs
 
 
 @functools.cache

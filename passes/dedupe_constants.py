@@ -21,10 +21,10 @@ import hashlib
 
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_edit import replace_uses
-from onnxcomp.model import Model
-from onnxcomp.pipeline import Pass, PassContext, PassResult
-from onnxcomp.weights import stored_nbytes, values_of
+from onnxcomp.ir.graph_edit import replace_uses
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import stored_nbytes, values_of
+from onnxcomp.passes.base import Pass, PassContext, PassResult
 
 
 class DedupeConstants(Pass):

@@ -7,8 +7,8 @@ are the model's interface.
 
 from __future__ import annotations
 
-from onnxcomp.model import Model
-from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.ir.model import Model
+from onnxcomp.passes.base import Pass, PassContext, PassResult
 
 
 class EliminateDead(Pass):

@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_edit import detach, is_graph_output, is_standard, node_label, replace_uses
-from onnxcomp.model import Model
-from onnxcomp.pipeline import Pass, PassContext, PassResult
-from onnxcomp.weights import constant_value
+from onnxcomp.ir.graph_edit import detach, is_graph_output, is_standard, node_label, replace_uses
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import constant_value
+from onnxcomp.passes.base import Pass, PassContext, PassResult
 
 
 class EliminateIdentity(Pass):

@@ -26,11 +26,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxcomp.graph_edit import detach, is_graph_output, is_standard, node_label, replace_uses
-from onnxcomp.model import Model, lowest_ir_version
-from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.ir.graph_edit import detach, is_graph_output, is_standard, node_label, replace_uses
+from onnxcomp.ir.model import Model, lowest_ir_version
+from onnxcomp.ir.weights import constant_value
+from onnxcomp.passes.base import Pass, PassContext, PassResult
 from onnxcomp.runtime import session
-from onnxcomp.weights import constant_value
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli", "Dropout"}

@@ -1,10 +1,10 @@
 """Filter (channel) pruning: remove whole channels, so the graph is physically smaller and faster everywhere.
 
 Rules:
-1. Channel groups come from :mod:`onnxcomp.channel_groups` (the analysis): a removal takes out an *atom*, every
+1. Channel groups come from :mod:`onnxcomp.analysis.channel_groups` (the analysis): a removal takes out an *atom*, every
    channel tied to it across convs, BatchNorms, residual Adds, Concat/Split offsets, reshapes and consumers.
    Locked atoms (graph inputs/outputs, unknown ops, excluded layers) stay.
-2. Importance per atom (:mod:`onnxcomp.channel_importance`): ``l1``, ``l2``, ``fpgm``, ``bn`` (BN gamma) or
+2. Importance per atom (:mod:`onnxcomp.analysis.channel_importance`): ``l1``, ``l2``, ``fpgm``, ``bn`` (BN gamma) or
    ``activation`` (calibration), normalised per slot and averaged over the group's members.
 3. How many: ``ratio`` of each group's channels (``scope: layer``; ``layer_ratio`` globs on a group's layers
    override it) or of all channels ranked together (``scope: global``, each group keeping at least
@@ -18,7 +18,7 @@ Rules:
    1x1 map (a Conv, or MatMul + Add for channels-last tensors) that starts as the plain channel selection.
 6. ``repair`` (needs calibration data): layer by layer in graph order, every consumer whose input lost channels
    (and every inserted map) is re-fitted by least squares to reproduce the original model's output on the
-   calibration inputs (:mod:`onnxcomp.repair`, ThiNet / channel-pruning style, no retraining); each sees the
+   calibration inputs (:mod:`onnxcomp.numerics.repair`, ThiNet / channel-pruning style, no retraining); each sees the
    already repaired layers before it.
 """
 
@@ -33,17 +33,19 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.bench import benchmark
-from onnxcomp.channel_groups import ChannelGraph, analyze
-from onnxcomp.channel_importance import CRITERIA, importance
-from onnxcomp.cost import HEAVY_OPS, costs_and_shapes
-from onnxcomp.errors import PassError
-from onnxcomp.graph_edit import node_label, tensor_names, unique_name
-from onnxcomp.model import Model
-from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.analysis.channel_graph import ChannelGraph
+from onnxcomp.analysis.channel_groups import analyze
+from onnxcomp.analysis.channel_importance import CRITERIA, importance
+from onnxcomp.analysis.cost import HEAVY_OPS, costs_and_shapes
+from onnxcomp.errors import RecipeError
+from onnxcomp.ir.graph_edit import node_label, tensor_names, unique_name
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import constant_value
+from onnxcomp.measure.latency import benchmark
+from onnxcomp.numerics.obs import DAMP
+from onnxcomp.numerics.repair import fit_channel_map, refit_layer
+from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement
 from onnxcomp.progress import Progress
-from onnxcomp.repair import fit_channel_map, refit_layer
-from onnxcomp.weights import constant_value
 
 _BISECT_STEPS = 12
 
@@ -62,19 +64,19 @@ class FilterPruneConfig:
     exclude: tuple[str, ...] = ()
     align: Literal["strict", "independent"] = "strict"
     repair: bool = True
-    damp: float = 0.01
+    damp: float = DAMP
 
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+            raise RecipeError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         for name, v in [("ratio", self.ratio), ("flops", self.flops), ("max_ratio", self.max_ratio),
                         *[(f"layer_ratio[{k}]", v) for k, v in self.layer_ratio.items()]]:
             if not 0.0 <= v < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {v}")
+                raise RecipeError(f"{name} must be in [0, 1), got {v}")
         if self.speedup < 1.0:
-            raise ValueError(f"speedup must be >= 1, got {self.speedup}")
+            raise RecipeError(f"speedup must be >= 1, got {self.speedup}")
         if self.round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+            raise RecipeError(f"round_to must be >= 1, got {self.round_to}")
 
 
 class PruneFilters(Pass):
@@ -82,12 +84,13 @@ class PruneFilters(Pass):
     Config = FilterPruneConfig
     description = "filter pruning over channel groups (residual/concat/split aware), with least-squares repair"
 
-    def check_requirements(self, ctx: PassContext) -> None:
+    def requirements(self) -> list[Requirement]:
         cfg = self.config
-        if ctx.calibration is None and (cfg.repair or cfg.criterion == "activation"):
+        needs = [Requirement("shapes", "MACs and channel shapes")]
+        if cfg.repair or cfg.criterion == "activation":
             why = "least-squares repair" if cfg.repair else "the activation criterion"
-            raise PassError(f"pass '{self.name}' needs calibration data for {why}: pass --calib DATA "
-                            "(or set repair: false and a weight criterion)")
+            needs.append(Requirement("calibration", why, "set repair: false and a weight criterion"))
+        return needs
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config

@@ -47,17 +47,18 @@ from typing import Literal
 
 import numpy as np
 
-from onnxcomp.bias_correction import LayerBias, centered_where_biased, discard_unused, layer_bias
-from onnxcomp.bit_allocation import Option, allocation_path, cheapest_feasible
-from onnxcomp.errors import PassError
-from onnxcomp.evaluator import FidelityBound, Metric, WeightEvaluator
-from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians, pooled, supports
-from onnxcomp.model import Model
-from onnxcomp.obs import Factors, pruning_flops
-from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.calibration.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians, pooled, supports
+from onnxcomp.errors import RecipeError
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import Weight, weight_table
+from onnxcomp.measure.evaluator import FidelityBound, Metric, WeightEvaluator
+from onnxcomp.numerics.bias_correction import LayerBias, centered_where_biased, discard_unused, layer_bias
+from onnxcomp.numerics.bit_allocation import Option, allocation_path, cheapest_feasible
+from onnxcomp.numerics.ncs import ncs_minimize
+from onnxcomp.numerics.obs import DAMP, Factors, pruning_flops
+from onnxcomp.numerics.retarget import layer_output_error, retarget_kept
+from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement
 from onnxcomp.progress import Progress
-from onnxcomp.search import ncs_minimize
-from onnxcomp.weights import Weight, weight_table
 
 _SCAN = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 _FINE_SCAN = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)  # start: allocation
@@ -77,7 +78,7 @@ class MagnitudePruneConfig:
     exclude: tuple[str, ...] = ()
     min_elements: int = 256
     compensate: bool = True
-    damp: float = 0.01
+    damp: float = DAMP
     metric: Metric = "auto"
     max_drop: float = 0.005
     max_sparsity: float = 0.99
@@ -90,17 +91,17 @@ class MagnitudePruneConfig:
         for name, s in [("sparsity", self.sparsity), ("max_sparsity", self.max_sparsity),
                         *[(f"layer_sparsity[{k}]", v) for k, v in self.layer_sparsity.items()]]:
             if not 0.0 <= s < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {s}")
+                raise RecipeError(f"{name} must be in [0, 1), got {s}")
         if self.quality is not None and self.quality < 0:
-            raise ValueError(f"quality must be >= 0, got {self.quality}")
+            raise RecipeError(f"quality must be >= 0, got {self.quality}")
         if self.max_drop < 0:
-            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
+            raise RecipeError(f"max_drop must be >= 0, got {self.max_drop}")
         if self.start not in ("scaled", "allocation"):
-            raise ValueError(f"start must be 'scaled' or 'allocation', got {self.start!r}")
+            raise RecipeError(f"start must be 'scaled' or 'allocation', got {self.start!r}")
         if not 0.0 < self.validation < 1.0:
-            raise ValueError(f"validation must be in (0, 1), got {self.validation}")
+            raise RecipeError(f"validation must be in (0, 1), got {self.validation}")
         if self.population < 2 or self.generations < 0:
-            raise ValueError("population must be >= 2 and generations >= 0")
+            raise RecipeError("population must be >= 2 and generations >= 0")
 
 
 class PruneMagnitude(Pass):
@@ -108,14 +109,13 @@ class PruneMagnitude(Pass):
     Config = MagnitudePruneConfig
     description = "magnitude pruning: global, per layer, or per-layer thresholds searched under a fidelity bound"
 
-    def check_requirements(self, ctx: PassContext) -> None:
+    def requirements(self) -> list[Requirement]:
         cfg = self.config
         searched = cfg.mode in ("auto", "uniform")
-        if (searched or cfg.compensate or cfg.criterion == "activation") and ctx.calibration is None:
-            why = (f"{cfg.mode} thresholds" if searched else "compensation" if cfg.compensate
-                   else "criterion: activation")
-            raise PassError(f"pass '{self.name}' needs calibration data for {why}: pass --calib DATA "
-                            "(or set mode: layer/global, compensate: false and criterion: magnitude)")
+        if not (searched or cfg.compensate or cfg.criterion == "activation"):
+            return []
+        why = f"{cfg.mode} thresholds" if searched else "compensation" if cfg.compensate else "criterion: activation"
+        return [Requirement("calibration", why, "set mode: layer/global, compensate: false and criterion: magnitude")]
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
@@ -317,7 +317,7 @@ class _Pruner:
         keep = self.mask(i, count)
         if hessian is None:
             return {name: np.where(keep, a, 0).astype(a.dtype)}
-        new = hessian.retarget_kept(a, keep, damp, factors=factors) if count else a
+        new = retarget_kept(hessian, a, keep, damp, factors=factors) if count else a
         out = {name: new}
         if hessian.is_centered:
             bias = self.biases[name]
@@ -355,8 +355,8 @@ class _Pruner:
             bias = self.biases.get(w.name)
             if bias is not None:
                 hessian = hessian.centered()
-            new = hessian.retarget_kept(self.original[i], keep, damp)
-            errors.append(hessian.output_error(self.original[i], new))
+            new = retarget_kept(hessian, self.original[i], keep, damp)
+            errors.append(layer_output_error(hessian, self.original[i], new))
             w.set(new)
             if bias is not None:
                 bias.absorb(hessian, self.original[i], new)

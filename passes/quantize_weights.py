@@ -3,14 +3,14 @@
 Each layer kernel ``W`` is replaced by ``b``-bit integer codes ``q`` and a scale (and zero point), and the graph
 reconstructs ``W' = (q - zp) * scale`` with a standard ``DequantizeLinear`` node whose output keeps ``W``'s name,
 so the consumers are untouched and stock onnxruntime runs the model. The grids (restricted symmetric, asymmetric
-with an exact zero, binary at 1 bit) and the MSE-optimal clipping search are :mod:`onnxcomp.qscheme`'s.
+with an exact zero, binary at 1 bit) and the MSE-optimal clipping search are :mod:`onnxcomp.numerics.qscheme`'s.
 
 Rounding. ``nearest`` rounds every weight to its nearest grid point. ``gptq`` (Frantar et al., "GPTQ: Accurate
 Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023) minimises the layer's output
 error ``trace((W - W') H (W - W')^T)`` with ``H = E[x x^T]`` the input Gram matrix from calibration data
-(:mod:`onnxcomp.hessian`): with the grid of every row fixed beforehand (from the weights, after the clip search),
-columns are rounded one after another and each column's rounding error is pushed onto the columns not yet
-rounded through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`). Columns go in order of decreasing ``diag(H)``
+(:mod:`onnxcomp.calibration.hessian`): with the grid of every row fixed beforehand (from the weights, after the clip
+search), columns are rounded one after another and each column's rounding error is pushed onto the columns not yet
+rounded through ``H^{-1}`` (:func:`onnxcomp.numerics.obs.compensate`). Columns go in order of decreasing ``diag(H)``
 (``act_order``: the inputs that matter most are rounded while the most columns remain to absorb their error).
 When the layer has a Hessian (``gptq``, ``auto`` or ``sequential`` with calibration data) the clip search weighs
 each weight by its input's ``diag(H)``.
@@ -38,21 +38,22 @@ Rules:
    2-D MatMul kernels) used by one node; other layers are rounded to nearest, with the reason in ``skipped``.
    ``sequential`` quantizes layers in graph order, each one's Hessian measured on the partly quantized model and
    its weights first re-targeted to reproduce the ORIGINAL model's outputs from its quantized inputs
-   (:meth:`onnxcomp.hessian.LayerHessian.retarget`, whose ridge pulls towards the original weights), so upstream
+   (:func:`onnxcomp.numerics.retarget.retarget`, whose ridge pulls towards the original weights), so upstream
    error is corrected instead of accumulated.
 5. Lowering: ``W`` becomes ``W_quantized`` (INT8/UINT8; INT4/UINT4 from opset 21 and INT2/UINT2 from opset 25
-   when the codes fit, see :func:`onnxcomp.qscheme.storage_type`), ``W_scale`` (W's float type), ``W_zero_point``
-   (asymmetric only) and ``DequantizeLinear(axis=out_axis)``. ``DequantizeLinear`` needs ai.onnx opset 10, 13 per
-   axis, 19 for float16 scales: the model's default opset is raised to what is needed (and to ``opset`` when
-   given, e.g. 21 for int4 storage) directly when that cannot change any node's meaning (:func:`opset_refusal`),
-   else by converting the model with onnx's version converter (:meth:`Model.convert_opset`: Paddle exports at
-   opset 11/12 with Squeeze, Resize or Softmax); only when that fails are the weights that need it skipped with
-   the reason (the summary says when a conversion happened). The node goes first in the innermost graph that
-   encloses every use (or where the Constant node was). A weight used by several nodes is quantized once.
+   when the codes fit, see :func:`onnxcomp.numerics.qscheme.storage_type`), ``W_scale`` (W's float type),
+   ``W_zero_point`` (asymmetric only) and ``DequantizeLinear(axis=out_axis)``. ``DequantizeLinear`` needs ai.onnx opset
+   10, 13 per axis, 19 for float16 scales: the model's default opset is raised to what is needed (and to ``opset`` when
+   given, e.g. 21 for int4 storage) directly when that cannot change any node's meaning
+   (:func:`onnxcomp.ir.opset.opset_refusal`), else by converting the model with onnx's version converter
+   (:meth:`Model.convert_opset`: Paddle exports at opset 11/12 with Squeeze, Resize or Softmax); only when that fails
+   are the weights that need it skipped with the reason (the summary says when a conversion happened). The node goes
+   first in the innermost graph that encloses every use (or where the Constant node was). A weight used by several nodes
+   is quantized once.
 6. Narrower codes than the storage type (3-bit values in int8) are stored at their real width by
    ``pack_weights`` (``format: packed``), which bit-packs or Huffman-codes the integers.
 7. Mixed precision, ``bits: auto`` (needs calibration data): every layer not fixed by ``bits_per_layer`` gets a
-   width from ``choices`` by :func:`onnxcomp.bit_allocation.search_widths`: each layer is quantized at every
+   width from ``choices`` by :func:`onnxcomp.passes.width_search.search_widths`: each layer is quantized at every
    width (with the configured scheme, clipping and rounding), its cost is the entropy of its codes plus its
    scales, its error is its Hessian output error scaled by its measured sensitivity, and the Lagrangian path from
    all-widest to all-narrowest is cut at the mean width ``budget`` or bisected for the fewest bytes whose
@@ -73,26 +74,28 @@ import numpy as np
 import onnx
 import onnx.defs
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
-from onnx_graphsurgeon.ir.tensor import LazyValues
 from tqdm import tqdm
 
-from onnxcomp import qscheme
-from onnxcomp.bit_allocation import WidthConfig, matches, search_widths
+from onnxcomp.calibration.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians, supports
 from onnxcomp.codecs.stack import encoded_nbytes
-from onnxcomp.evaluator import FidelityBound
-from onnxcomp.graph_edit import detach, is_graph_output, is_standard, replace_uses, tensor_names, unique_name
-from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians, supports
-from onnxcomp.model import Model
-from onnxcomp.obs import compensate
-from onnxcomp.pipeline import Pass, PassContext, PassResult
-from onnxcomp.qscheme import QScheme
-from onnxcomp.weights import Weight, weight_table
+from onnxcomp.emit.lowering import graph_tree, lowering_refusal
+from onnxcomp.emit.onnx_packed import PACKED_NODE_BYTES
+from onnxcomp.emit.onnx_standard import lower_dequantize, stored_bytes
+from onnxcomp.errors import RecipeError
+from onnxcomp.ir.graph_edit import is_standard, tensor_names
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.opset import opset_refusal, set_opset
+from onnxcomp.ir.weights import Weight, weight_table
+from onnxcomp.measure.evaluator import FidelityBound
+from onnxcomp.numerics import qscheme
+from onnxcomp.numerics.obs import DAMP, compensate
+from onnxcomp.numerics.qscheme import QScheme
+from onnxcomp.numerics.retarget import layer_output_error, retarget
+from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement
+from onnxcomp.passes.width_search import WidthConfig, matches, search_widths
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _DQ_OPSET, _DQ_AXIS_OPSET, _DQ_FLOAT16_OPSET = 10, 13, 19
-# Ops whose behaviour changed at a version without a change of signature (coerced 2-D -> one axis at 13).
-_MEANING_CHANGED = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class QuantizeWeightsConfig(WidthConfig):
     clip: Literal["none", "mse"] = "mse"  # MSE-optimal range per channel/tensor (qscheme)
     exclude: tuple[str, ...] = ()  # layer/weight name globs left float
     min_elements: int = 256
-    damp: float = 0.01  # GPTQ/retarget dampening, relative to mean(diag H)
+    damp: float = DAMP  # GPTQ/retarget dampening, relative to mean(diag H)
     act_order: bool = True  # GPTQ: columns by decreasing diag(H)
     sequential: bool = False  # layer by layer on already-quantized inputs, re-targeted to the original outputs
     opset: int = 0  # raise the default opset to at least this when safe (21: int4 storage, 25: int2); 0: as needed
@@ -118,17 +121,17 @@ class QuantizeWeightsConfig(WidthConfig):
             ("clip", qscheme.CLIP_SEARCHES),
         ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise RecipeError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if isinstance(self.min_elements, bool) or not isinstance(self.min_elements, int) or self.min_elements < 0:
-            raise ValueError(f"min_elements must be an integer >= 0, got {self.min_elements!r}")
+            raise RecipeError(f"min_elements must be an integer >= 0, got {self.min_elements!r}")
         if not (isinstance(self.damp, (int, float)) and 0 < self.damp < 1):
-            raise ValueError(f"damp must be a number in (0, 1), got {self.damp!r}")
+            raise RecipeError(f"damp must be a number in (0, 1), got {self.damp!r}")
         if (
             isinstance(self.opset, bool)
             or not isinstance(self.opset, int)
             or not (self.opset == 0 or _DQ_OPSET <= self.opset <= onnx.defs.onnx_opset_version())
         ):
-            raise ValueError(
+            raise RecipeError(
                 f"opset must be 0 or an ai.onnx opset from {_DQ_OPSET} to "
                 f"{onnx.defs.onnx_opset_version()}, got {self.opset!r}"
             )
@@ -169,8 +172,8 @@ class QuantizeWeights(Pass):
     Config = QuantizeWeightsConfig
     description = "weight-only integer quantization + DequantizeLinear (round-to-nearest or GPTQ)"
 
-    def check_requirements(self, ctx: PassContext) -> None:
-        self.config.check_calibration(self.name, ctx.calibration)
+    def requirements(self) -> list[Requirement]:
+        return self.config.width_requirements()
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
@@ -219,7 +222,7 @@ class QuantizeWeights(Pass):
                 hessian = collect_hessians(model, [w], ctx.calibration, reference=reference,
                                            folds=RETARGET_FOLDS).get(w.name)
                 if hessian is not None:
-                    target = hessian.from_matrix(hessian.retarget(hessian.to_matrix(target), cfg.damp))
+                    target = hessian.from_matrix(retarget(hessian, hessian.to_matrix(target), cfg.damp))
             else:
                 hessian = hessians.get(w.name)
             if cfg.rounding == "gptq" and calibrated and hessian is None:
@@ -235,7 +238,7 @@ class QuantizeWeights(Pass):
             decided.append((plan, chosen))
 
         names = tensor_names(model.graphs())
-        owner, parent = _graph_tree(model)
+        owner, parent = graph_tree(model)
         for plan, chosen in decided:
             result.records.append(_lower(model, plan, chosen, cfg, names, owner, parent))
             result.modified = True
@@ -270,8 +273,8 @@ class QuantizeWeights(Pass):
             # headers included) is smaller: the real bytes, so that a budget compares like with like
             elem = qscheme.storage_type(bits, found.scheme.symmetric, model.opset)
             codes = found.q.astype(np.int8 if found.q.min() < 0 else np.uint8)
-            packed = encoded_nbytes(codes) + _PACKED_NODE_BYTES
-            return found.values, min(_stored_bytes(codes.size, elem), packed) + params
+            packed = encoded_nbytes(codes) + PACKED_NODE_BYTES
+            return found.values, min(stored_bytes(codes.size, elem), packed) + params
 
         chosen, summary = search_widths(model, [(p.weight, p.original) for p in plans], ctx, result, cfg.choices,
                                         candidate, FidelityBound(cfg.metric, cfg.max_drop), cfg.budget, hessians)
@@ -304,7 +307,7 @@ class QuantizeWeights(Pass):
         if wanted > current:
             refusal = opset_refusal(model, wanted)
             if refusal is None:
-                _set_opset(model, wanted)
+                set_opset(model, wanted)
                 current = wanted
             else:
                 failure = model.convert_opset(wanted)
@@ -350,12 +353,12 @@ class QuantizeWeights(Pass):
         q = qscheme.quantize(target, scale, zp, scheme.bits, scheme.symmetric, axis)
         rounding, err_nearest = "nearest", None
         if cfg.rounding == "gptq" and hessian is not None:
-            err_nearest = hessian.output_error(target, qscheme.dequantize(q, scale, zp, axis))
+            err_nearest = layer_output_error(hessian, target, qscheme.dequantize(q, scale, zp, axis))
             swept = _gptq(hessian, target, scale, zp, scheme, cfg.damp, cfg.act_order)
             q = qscheme.quantize(swept, scale, zp, scheme.bits, scheme.symmetric, axis)
             rounding = "gptq"
         values = qscheme.dequantize(q, scale, zp, axis).astype(plan.original.dtype)
-        err = hessian.output_error(target, values) if hessian is not None else None
+        err = layer_output_error(hessian, target, values) if hessian is not None else None
         return _Quantized(scheme, q, scale, zp, values, rounding, err, err_nearest)
 
 
@@ -410,116 +413,21 @@ def _refusal(model: Model, w: Weight, cfg: QuantizeWeightsConfig) -> str | None:
         return "float64 tensor: DequantizeLinear outputs float32 or float16"
     if not np.all(np.isfinite(array)):
         return "holds NaN or infinity"
-    foreign = next((u.node for u in w.uses if not is_standard(u.node)), None)
-    if foreign is not None:
-        return f"read by a {foreign.domain}.{foreign.op} node, which may need a constant"
-    tensor = w.producer.outputs[0] if w.producer is not None else w.tensor
-    if any(is_graph_output(g, tensor) for g in model.graphs()):
-        return "the weight is a graph output"
-    return None
+    return lowering_refusal(model, w)
 
 
-def opset_refusal(model: Model, target: int) -> str | None:
-    """None when raising the default opset to ``target`` keeps every node's meaning, else why not.
-
-    Safe when, for every ai.onnx node of every graph, the schema at ``target`` equals the one at the model's
-    opset, or extends it compatibly: the same inputs and outputs in the same places (new ones only optional, at
-    the end), the same attributes with the same types, requiredness and defaults (new ones only optional), and
-    at least the same element types; and the op is not one whose behaviour changed without a signature change
-    (Softmax, LogSoftmax, Hardmax at 13). Models with local functions are refused (their opset imports must
-    agree with the model's).
-    """
-    current = model.opset
-    if _has_functions(model):
-        return "is not attempted: the model has local functions"
-    checked: set[str] = set()
-    for graph in model.graphs():
-        for node in graph.nodes:
-            if not is_standard(node) or node.op in checked:
-                continue
-            checked.add(node.op)
-            try:
-                old = onnx.defs.get_schema(node.op, current, "")
-                new = onnx.defs.get_schema(node.op, target, "")
-            except onnx.defs.SchemaError:
-                return f"is not safe: no schema for {node.op} at opset {current} or {target}"
-            if old.since_version == new.since_version:
-                continue
-            why = "its behaviour changed" if node.op in _MEANING_CHANGED else _schema_change(old, new)
-            if why:
-                return f"is not safe: {node.op} changes from version {old.since_version} to {new.since_version} ({why})"
-    return None
-
-
-def _schema_change(old: onnx.defs.OpSchema, new: onnx.defs.OpSchema) -> str | None:
-    for kind in ("inputs", "outputs"):
-        a, b = getattr(old, kind), getattr(new, kind)
-        if len(b) < len(a) or any((x.name, x.option) != (y.name, y.option) for x, y in zip(a, b)):
-            return f"{kind} differ"
-        if any(y.option != onnx.defs.OpSchema.FormalParameterOption.Optional for y in b[len(a) :]):
-            return f"new required {kind}"
-    for name, attr in old.attributes.items():
-        other = new.attributes.get(name)
-        if other is None or (attr.type, attr.required, attr.default_value) != (
-            other.type,
-            other.required,
-            other.default_value,
-        ):
-            return f"attribute {name!r} differs"
-    if any(a.required for name, a in new.attributes.items() if name not in old.attributes):
-        return "new required attribute"
-    types = {t.type_param_str: set(t.allowed_type_strs) for t in new.type_constraints}
-    for t in old.type_constraints:
-        if not set(t.allowed_type_strs) <= types.get(t.type_param_str, set()):
-            return f"type constraint {t.type_param_str} differs"
-    return None
-
-
-def _has_functions(model: Model) -> bool:
-    return bool(len(model._shell.functions))  # a model-level field: Model keeps it in its shell, without accessor
-
-
-def _set_opset(model: Model, version: int) -> None:
-    """Set the default-domain opset import (model-level: ``Model`` keeps it in its shell) and graphsurgeon's."""
-    shell = model._shell  # Model exposes the opsets read-only; they live in its shell
-    for entry in shell.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            entry.version = version
-            break
-    else:
-        shell.opset_import.append(onnx.helper.make_opsetid("", version))
-    model.graph.opset = version
-
-
-# -- lowering ------------------------------------------------------------------------------------------------
-def _lower(
-    model: Model,
-    plan: _Plan,
-    chosen: _Quantized,
-    cfg: QuantizeWeightsConfig,
-    names: set[str],
-    owner: dict[int, gs.Graph],
-    parent: dict[int, gs.Graph | None],
-) -> dict[str, Any]:
+# -- the record ---------------------------------------------------------------------------------------------
+def _lower(model: Model, plan: _Plan, chosen: _Quantized, cfg: QuantizeWeightsConfig, names: set[str],
+           owner: dict[int, gs.Graph], parent: dict[int, gs.Graph | None]) -> dict[str, Any]:
+    """Rule 5 by the standard ONNX emitter; the layer's record."""
     w, scheme = plan.weight, chosen.scheme
     name, layer = w.name, w.layer  # before the Constant node that may hold the weight is detached
-    elem = qscheme.storage_type(scheme.bits, scheme.symmetric, model.opset)
-    codes = _integer_constant(unique_name(w.name + "_quantized", names), chosen.q, elem)
-    scale = gs.Constant(unique_name(w.name + "_scale", names), np.ascontiguousarray(chosen.scale))
-    inputs = [codes, scale]
-    zp_bytes = 0
-    if not scheme.symmetric:
-        inputs.append(_integer_constant(unique_name(w.name + "_zero_point", names), chosen.zero_point, elem))
-        zp_bytes = _stored_bytes(chosen.zero_point.size, elem)
-    attrs = {"axis": plan.axis} if plan.axis is not None else {}
-    node_name = unique_name(w.name + "_dequantize", names)
-    graph, at, out = _take_weight_name(w, owner, parent)
-    graph.nodes.insert(at, gs.Node("DequantizeLinear", name=node_name, inputs=inputs, outputs=[out], attrs=attrs))
-
+    zero_point = None if scheme.symmetric else chosen.zero_point
+    elem, after = lower_dequantize(model, w, chosen.q, chosen.scale, zero_point, plan.axis, scheme.bits,
+                                   scheme.symmetric, names, owner, parent)
     original = plan.original.astype(np.float64)
     norm = float(np.linalg.norm(original))
     diff = float(np.linalg.norm(original - chosen.values.astype(np.float64)))
-    after = _stored_bytes(chosen.q.size, elem) + int(chosen.scale.nbytes) + zp_bytes
     return {
         "layer": layer,
         "weight": name,
@@ -535,60 +443,3 @@ def _lower(
         "bytes_before": int(plan.original.nbytes),
         "bytes_after": after,
     }
-
-
-def _integer_constant(name: str, values: np.ndarray, elem: int) -> gs.Constant:
-    """An integer initializer of ONNX type ``elem``; 2/4-bit types go through a TensorProto (graphsurgeon
-    cannot export them from numpy)."""
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-    array = np.ascontiguousarray(np.asarray(values).astype(dtype))
-    if qscheme.storage_bits(elem) == 8:
-        return gs.Constant(name, array)
-    proto = numpy_helper.from_array(array, name)
-    return gs.Constant(name, LazyValues(proto))
-
-
-# What a packed weight costs in the graph besides its blob: the DecodeWeight node (name, shape and dtype
-# attributes) and the blob initializer's proto fields (measured on the bundled models: 95-110 B).
-_PACKED_NODE_BYTES = 100
-
-
-def _stored_bytes(count: int, elem: int) -> int:
-    return (count * qscheme.storage_bits(elem) + 7) // 8
-
-
-def _graph_tree(model: Model) -> tuple[dict[int, gs.Graph], dict[int, gs.Graph | None]]:
-    """The graph owning each node, and each graph's enclosing graph (None for the main graph)."""
-    owner: dict[int, gs.Graph] = {}
-    parent: dict[int, gs.Graph | None] = {id(model.graph): None}
-    for graph in model.graphs():
-        for node in graph.nodes:
-            owner[id(node)] = graph
-            for attr in node.attrs.values():
-                for sub in attr if isinstance(attr, list) else [attr]:
-                    if isinstance(sub, gs.Graph):
-                        parent[id(sub)] = graph
-    return owner, parent
-
-
-def _take_weight_name(
-    w: Weight, owner: dict[int, gs.Graph], parent: dict[int, gs.Graph | None]
-) -> tuple[gs.Graph, int, gs.Variable]:
-    """Where the DequantizeLinear goes and the variable under the weight's name that it will produce (rule 5)."""
-    if w.producer is not None:  # a Constant node: its output variable (name, consumers) is kept
-        graph = owner[id(w.producer)]
-        out = w.producer.outputs[0]
-        at = next(i for i, n in enumerate(graph.nodes) if n is w.producer)
-        detach(graph, w.producer)
-        return graph, at, out
-    chains = []
-    for use in w.uses:
-        chain, g = [], owner[id(use.node)]
-        while g is not None:
-            chain.append(g)
-            g = parent[id(g)]
-        chains.append(chain)
-    common = next(g for g in chains[0] if all(any(g is c for c in chain) for chain in chains[1:]))
-    out = gs.Variable(w.tensor.name, dtype=w.array.dtype, shape=list(w.shape))
-    replace_uses(w.tensor, out)
-    return common, 0, out

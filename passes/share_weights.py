@@ -2,7 +2,7 @@
 
 Deep Compression's second stage replaces every weight of a layer by the nearest of ``k = 2^bits`` shared values
 (a per-layer codebook), so the layer stores ``bits``-bit indices plus ``k`` floats. The codebook is 1-D k-means
-of the layer's weights (:mod:`onnxcomp.kmeans1d`), initialised linearly between min and max as the paper
+of the layer's weights (:mod:`onnxcomp.numerics.kmeans1d`), initialised linearly between min and max as the paper
 recommends (large weights are rare but matter, and density-based or random initialisation leaves few centroids
 for them). Pruned weights (exact zeros) are not clustered and stay exactly 0.0: the sparse format stores them as
 gaps, not as indices, so they must not spend a centroid.
@@ -10,8 +10,8 @@ gaps, not as indices, so they must not spend a centroid.
 Without retraining (the paper fine-tunes the centroids by gradient descent), the centroids are refined by least
 squares on calibration data instead. For fixed assignments a layer's output is linear in its centroids. With the
 weight viewed as a matrix ``W`` (rows = output channels, columns = fan-in in im2col order), the layer input's
-second moment ``H = E[x x^T]`` (:mod:`onnxcomp.hessian`) and ``A_r`` the (fan-in x k) one-hot assignment of row
-``r``, the shared weights are ``w'_r = A_r c`` and the expected squared output change is ::
+second moment ``H = E[x x^T]`` (:mod:`onnxcomp.calibration.hessian`) and ``A_r`` the (fan-in x k) one-hot assignment of
+row ``r``, the shared weights are ``w'_r = A_r c`` and the expected squared output change is ::
 
     L(c) = sum_r (w_r - A_r c)^T H (w_r - A_r c)
     dL/dc = 0   <=>   G c = b,   G = sum_r A_r^T H A_r,   b = sum_r A_r^T H w_r
@@ -44,19 +44,19 @@ Rules:
    towards zero, which shrank every layer.)
 5. With ``compensate`` and a Hessian, assignments are made GPTQ-style instead of nearest-centroid: columns in
    order, each weight snapped to its nearest centroid and the rounding error pushed onto the not-yet-snapped
-   weights of its row through ``H^{-1}`` (:func:`onnxcomp.obs.compensate`); zeros stay zero. The centroids are
+   weights of its row through ``H^{-1}`` (:func:`onnxcomp.numerics.obs.compensate`); zeros stay zero. The centroids are
    then refined for the new assignments as in rule 4.
 6. Zero is always a level: a weight nearer to 0.0 than to every centroid becomes 0.0 (free in storage, where
    zeros are gaps or codebook entry 0). Without it a channel of ~0 weights (a BN-folded channel whose gamma is
    ~0) would jump to the smallest centroid and feed noise downstream. Values are written back in the weight's
    own dtype; the tensor keeps its name and shape.
 7. ``bits: auto`` (needs calibration data) gives each layer not fixed by ``bits_per_layer`` a width from ``choices``
-   (:mod:`onnxcomp.bit_allocation`): every layer is shared at every width as rules 4-5 will share it (compensated
-   assignment with ``compensate``, else nearest centroids; refined), its error at each width is its relative output
-   error scaled by its sensitivity (the model-output distortion, :meth:`WeightEvaluator.distortion`, when that layer
-   alone takes the narrowest width), and its cost is the entropy of its indices plus the codebook. The Lagrangian
-   path from all-widest to all-narrowest is then bisected for the fewest bytes whose ``metric`` drop against this
-   pass's input model stays within ``max_drop`` on the calibration data, or cut at the first point whose mean width
+   (:mod:`onnxcomp.numerics.bit_allocation`): every layer is shared at every width as rules 4-5 will share it
+   (compensated assignment with ``compensate``, else nearest centroids; refined), its error at each width is its
+   relative output error scaled by its sensitivity (the model-output distortion, :meth:`WeightEvaluator.distortion`,
+   when that layer alone takes the narrowest width), and its cost is the entropy of its indices plus the codebook. The
+   Lagrangian path from all-widest to all-narrowest is then bisected for the fewest bytes whose ``metric`` drop against
+   this pass's input model stays within ``max_drop`` on the calibration data, or cut at the first point whose mean width
    is within ``budget``. The chosen widths then go through rules 1-6 like fixed ones. Weights the evaluator cannot
    feed (Constant nodes, subgraphs) get the widest choice, with the reason recorded.
 8. ``codebook_dtype: float16`` (default) rounds the final centroids of float32/float64 weights to the nearest
@@ -83,16 +83,19 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse
 
-from onnxcomp.bias_correction import LayerBias, centered_where_biased, layer_bias
-from onnxcomp.bit_allocation import WidthConfig, entropy_bytes, matches, search_widths
-from onnxcomp.evaluator import FidelityBound
-from onnxcomp.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians
-from onnxcomp.kmeans1d import INITS, Clustering, kmeans1d
-from onnxcomp.model import Model
-from onnxcomp.obs import Factors, compensate
-from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.calibration.hessian import RETARGET_FOLDS, LayerHessian, collect_hessians
+from onnxcomp.errors import RecipeError
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import Weight, weight_table
+from onnxcomp.measure.evaluator import FidelityBound
+from onnxcomp.numerics.bias_correction import LayerBias, centered_where_biased, layer_bias
+from onnxcomp.numerics.bit_allocation import entropy_bytes
+from onnxcomp.numerics.kmeans1d import INITS, Clustering, kmeans1d
+from onnxcomp.numerics.obs import Factors, compensate
+from onnxcomp.numerics.retarget import layer_output_error, retarget_kept
+from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement
+from onnxcomp.passes.width_search import WidthConfig, matches, search_widths
 from onnxcomp.progress import Progress
-from onnxcomp.weights import Weight, weight_table
 
 _MAX_CHUNK = 1 << 24  # float64 entries of E_k H held at once (128 MiB)
 _FACTOR_BYTES = 256 << 20  # H^-1 factors the width search keeps for a layer's other widths (least recent go)
@@ -115,13 +118,13 @@ class ShareWeightsConfig(WidthConfig):
         self.check_widths(" (k = 2^bits shared values)")
         for name in ("codebook_dtype", "bias_dtype"):
             if getattr(self, name) not in ("float16", "weight"):
-                raise ValueError(f"{name} must be 'float16' or 'weight', got {getattr(self, name)!r}")
+                raise RecipeError(f"{name} must be 'float16' or 'weight', got {getattr(self, name)!r}")
         if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+            raise RecipeError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.min_elements < 0:
-            raise ValueError(f"min_elements must be >= 0, got {self.min_elements}")
+            raise RecipeError(f"min_elements must be >= 0, got {self.min_elements}")
         if not self.ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+            raise RecipeError(f"ridge must be >= 0, got {self.ridge}")
 
 
 @dataclass
@@ -141,8 +144,8 @@ class ShareWeights(Pass):
     Config = ShareWeightsConfig
     description = "k-means weight sharing per layer (Deep Compression), centroids refined on calibration data"
 
-    def check_requirements(self, ctx: PassContext) -> None:
-        self.config.check_calibration(self.name, ctx.calibration)
+    def requirements(self) -> list[Requirement]:
+        return self.config.width_requirements()
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
@@ -277,7 +280,7 @@ class ShareWeights(Pass):
     def _retarget(self, plan: _Plan, hessian: LayerHessian, ctx: PassContext) -> _Plan:
         """Re-fit the layer's nonzero weights to the original outputs from its current inputs (least squares on
         the kept positions, so pruned weights stay zero), then re-cluster those values."""
-        target = hessian.retarget_kept(plan.original, plan.mask, towards="weights")
+        target = retarget_kept(hessian, plan.original, plan.mask, towards="weights")
         clustering = kmeans1d(target[plan.mask], 1 << plan.bits, self.config.init, seed=_seed(ctx, plan.weight))
         return _Plan(plan.weight, plan.bits, target, plan.mask, clustering, plan.distinct_before)
 
@@ -296,7 +299,7 @@ class ShareWeights(Pass):
             labels = np.full(original.shape, centroids.size, dtype=np.int64)  # zeros: a dummy cluster
             labels[mask] = assign
             kmeans_values = _values(original, mask, centroids, assign, dtype, self._half)
-            err_kmeans = hessian.output_error(original, kmeans_values)
+            err_kmeans = layer_output_error(hessian, original, kmeans_values)
             if err_kmeans is None:
                 result.skipped.append((w.name, "refinement skipped: the layer's input is zero on the calibration data"))
             else:
@@ -305,7 +308,7 @@ class ShareWeights(Pass):
         shared = _values(original, mask, centroids, assign, dtype, self._half)
         w.set(shared)
         if err_kmeans is not None:
-            err_refined = hessian.output_error(original, shared)
+            err_refined = layer_output_error(hessian, original, shared)
         norm = float(np.linalg.norm(original.astype(np.float64)))
         diff = float(np.linalg.norm(original.astype(np.float64) - shared.astype(np.float64)))
         record.update({

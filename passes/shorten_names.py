@@ -29,8 +29,9 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.model import Model, iter_graphs
-from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.errors import RecipeError
+from onnxcomp.ir.model import Model, iter_graphs
+from onnxcomp.passes.base import Pass, PassContext, PassResult
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ShortenNamesConfig:
 
     def __post_init__(self) -> None:
         if self.node_names not in ("keep", "short", "drop"):
-            raise ValueError(f"node_names must be 'keep', 'short' or 'drop', got {self.node_names!r}")
+            raise RecipeError(f"node_names must be 'keep', 'short' or 'drop', got {self.node_names!r}")
 
 
 class ShortenNames(Pass):

@@ -27,8 +27,9 @@ import onnx
 import onnx.defs
 import onnx_graphsurgeon as gs
 
-from onnxcomp.model import Model
-from onnxcomp.pipeline import Pass, PassContext, PassResult
+from onnxcomp.errors import RecipeError
+from onnxcomp.ir.model import Model
+from onnxcomp.passes.base import Pass, PassContext, PassResult
 
 _WINDOW_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"}
 _WORDED = {"dilations": 1, "strides": 1, "pads": 0}  # rule 3: every entry equals this
@@ -40,7 +41,7 @@ class StripConfig:
 
     def __post_init__(self) -> None:
         if self.value_info not in ("keep", "drop"):
-            raise ValueError(f"value_info must be 'keep' or 'drop', got {self.value_info!r}")
+            raise RecipeError(f"value_info must be 'keep' or 'drop', got {self.value_info!r}")
 
 
 class StripDefaults(Pass):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcomp.act_ranges import (
+from onnxcomp.analysis.act_ranges import (
     INT8_SYMMETRIC,
     METHODS,
     UINT8_ASYMMETRIC,
@@ -14,7 +14,7 @@ from onnxcomp.act_ranges import (
     kl_threshold,
     quant_params,
 )
-from onnxcomp.stats import RunningStats
+from onnxcomp.calibration.stats import RunningStats
 
 GRIDS = [UINT8_ASYMMETRIC, INT8_SYMMETRIC]
 
@@ -131,9 +131,9 @@ def test_grouped_capture_gives_the_same_statistics(monkeypatch) -> None:
     """collect_stats with a memory budget captures in several passes; the statistics do not change."""
     from onnx import TensorProto, helper
 
-    from onnxcomp import stats as stats_module
-    from onnxcomp.calibration import CalibrationData
-    from onnxcomp.stats import collect_stats
+    from onnxcomp.calibration import stats as stats_module
+    from onnxcomp.calibration.data import CalibrationData
+    from onnxcomp.calibration.stats import collect_stats
 
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
              helper.make_node("Sigmoid", ["b"], ["y"])]  # fmt: skip

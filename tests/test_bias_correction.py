@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.bias_correction import discard_unused, layer_bias
-from onnxcomp.calibration import CalibrationData
-from onnxcomp.hessian import collect_hessians
-from onnxcomp.model import Model
-from onnxcomp.obs import prune_compensated
-from onnxcomp.weights import weight_table
+from onnxcomp.calibration.data import CalibrationData
+from onnxcomp.calibration.hessian import collect_hessians
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
+from onnxcomp.numerics.bias_correction import discard_unused, layer_bias
+from onnxcomp.numerics.obs import prune_compensated
 from tests.conftest import run_ort
 
 RNG = np.random.default_rng(0)

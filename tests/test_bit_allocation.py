@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxcomp.bit_allocation import (
+from onnxcomp.numerics.bit_allocation import (
     Option,
     allocation_path,
     best_within_budget,

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.calibration import CalibrationData, capture, input_specs
+from onnxcomp.calibration.data import CalibrationData, capture, input_specs
+from onnxcomp.calibration.stats import RunningStats, collect_stats
 from onnxcomp.errors import CalibrationError
-from onnxcomp.stats import RunningStats, collect_stats
 
 
 def _model(batch="N") -> onnx.ModelProto:

@@ -10,16 +10,16 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnxcomp.passes.fold_constants import FoldConstants
-from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, apply_removal, zero_removal
 
 from models import builders, paths, ppocr
-from onnxcomp.calibration import CalibrationData
-from onnxcomp.channel_groups import analyze
+from onnxcomp.analysis.channel_groups import analyze
+from onnxcomp.analysis.cost import tensor_shapes, total_macs
+from onnxcomp.calibration.data import CalibrationData
 from onnxcomp.cli import cli
-from onnxcomp.cost import tensor_shapes, total_macs
-from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext
+from onnxcomp.ir.model import Model
+from onnxcomp.passes.base import PassContext
+from onnxcomp.passes.fold_constants import FoldConstants
+from onnxcomp.passes.prune_filters import FilterPruneConfig, PruneFilters, apply_removal, zero_removal
 from tests.conftest import rel_err, run_ort
 
 

@@ -188,6 +188,22 @@ def test_calibration_missing(capsys, work):
                       ["nope.npz", "does not exist"], work, out)
 
 
+def test_eval_models_with_different_outputs(capsys, work):
+    """ResCNN and torch_patterns have different inputs and outputs: one line naming the outputs, exit 2."""
+    other = work / "other.onnx"
+    other.write_bytes((MODELS / "mnist_lenet300.onnx").read_bytes())
+    renamed = work / "renamed.onnx"
+    import onnx
+
+    proto = onnx.load(str(other))
+    old = proto.graph.output[0].name
+    proto.graph.output[0].name = "scores"
+    for node in proto.graph.node:
+        node.output[:] = ["scores" if o == old else o for o in node.output]
+    onnx.save(proto, str(renamed))
+    assert_user_error(capsys, ["eval", other, renamed, "--data", MNIST_CALIB], ["outputs differ", "scores"], work)
+
+
 def test_eval_data_mismatch(capsys, work):
     assert_user_error(capsys, ["eval", work / "model.onnx", work / "model.onnx", "--data", DIGITS_CALIB],
                       ["shape", "28"], work)

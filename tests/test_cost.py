@@ -8,18 +8,18 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.passes import PackWeights
-from onnxcomp.passes.pack_weights import PackConfig
 
 from models import builders
 from models.paths import model_path
 from onnxcomp import runtime
-from onnxcomp.cost import HEAVY_OPS, NodeCost, node_costs, tensor_shapes, total_macs
+from onnxcomp.analysis.cost import HEAVY_OPS, NodeCost, node_costs, tensor_shapes, total_macs
 from onnxcomp.errors import PassError
-from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
+from onnxcomp.passes import PackWeights
+from onnxcomp.passes.base import PassContext
+from onnxcomp.passes.pack_weights import PackConfig
 from onnxcomp.runtime import session
-from onnxcomp.weights import weight_table
 
 
 def _w(name: str, *shape: int, dtype=np.float32) -> onnx.TensorProto:

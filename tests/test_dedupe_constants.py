@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.passes import DedupeConstants
 
-from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext
+from onnxcomp.ir.model import Model
+from onnxcomp.passes import DedupeConstants
+from onnxcomp.passes.base import PassContext
 
 
 def _model():

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.calibration import CalibrationData
-from onnxcomp.hessian import LayerHessian, collect_hessians, pooled, supports
-from onnxcomp.model import Model
-from onnxcomp.weights import weight_table
+from onnxcomp.calibration.data import CalibrationData
+from onnxcomp.calibration.hessian import LayerHessian, collect_hessians, pooled, supports
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
+from onnxcomp.numerics.retarget import retarget, retarget_ridge
 from tests.conftest import run_ort
 
 RNG = np.random.default_rng(0)
@@ -150,15 +151,15 @@ def test_retarget_ridge_is_cross_validated() -> None:
 
     fresh = rng.normal(size=(4000, d))
     systematic = _with_parts(runs(500, lambda x: x @ mix + 1.0))
-    assert systematic.retarget_ridge(W) == 1.0
-    assert systematic.centered().retarget_ridge(W) == 1.0  # the parts are centered by the fit, not twice
-    fitted = systematic.retarget(W)
+    assert retarget_ridge(systematic, W) == 1.0
+    assert retarget_ridge(systematic.centered(), W) == 1.0  # the parts are centered by the fit, not twice
+    fitted = retarget(systematic, W)
     moved = fresh @ mix + 1.0  # affine, and this layer has no bias: not exactly reproducible
     assert _error(fitted, moved, fresh, W) < 0.05 * _error(W, moved, fresh, W)
 
     noisy = _with_parts(runs(5, lambda x: x + rng.normal(size=x.shape)))
-    ridge = noisy.retarget_ridge(W)
+    ridge = retarget_ridge(noisy, W)
     assert ridge is None or ridge >= 100
     noise = fresh + rng.normal(size=fresh.shape)
-    light = replace(noisy, parts=None).retarget(W)  # no parts: the caller's dampening, as before
-    assert _error(noisy.retarget(W), noise, fresh, W) < _error(light, noise, fresh, W)
+    light = retarget(replace(noisy, parts=None), W)  # no parts: the caller's dampening, as before
+    assert _error(retarget(noisy, W), noise, fresh, W) < _error(light, noise, fresh, W)

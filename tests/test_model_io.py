@@ -16,11 +16,11 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-import onnxcomp.fileio
+import onnxcomp.ir.fileio
 from onnxcomp.api import compress
 from onnxcomp.errors import OutputError
-from onnxcomp.model import Model, lowest_ir_version
-from onnxcomp.weights import Layout, weight_table
+from onnxcomp.ir.model import Model, lowest_ir_version
+from onnxcomp.ir.weights import Layout, weight_table
 from tests.conftest import rel_err, run_ort
 
 TOL = 1e-5
@@ -619,7 +619,7 @@ def test_compress_report_write_error_is_output_error(tmp_path, monkeypatch):
 
 def test_staged_dir_removes_everything_on_exception(tmp_path):
     with pytest.raises(RuntimeError):
-        with onnxcomp.fileio.staged_dir(tmp_path / "x.onnx") as stage:
+        with onnxcomp.ir.fileio.staged_dir(tmp_path / "x.onnx") as stage:
             (stage / "x.onnx").write_bytes(b"abc")
             (stage / "x.onnx.data").write_bytes(b"abc")
             assert stage.name.startswith(".x.onnx.") and stage.parent == tmp_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcomp.obs import EXACT_BUDGET, Factors, compensate, output_error, prune_compensated, pruning_flops
+from onnxcomp.numerics.obs import EXACT_BUDGET, Factors, compensate, output_error, prune_compensated, pruning_flops
 
 RNG = np.random.default_rng(0)
 

@@ -15,19 +15,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.kernels import reference, schema
-from onnxcomp.passes import PackWeights, QuantizeWeights
-from onnxcomp.passes.pack_weights import PackConfig
 
 from onnxcomp import runtime
 from onnxcomp.cli import main
 from onnxcomp.codecs import encode_weight, to_blob
 from onnxcomp.errors import CodecError, RecipeError
-from onnxcomp.model import Model, save_proto
-from onnxcomp.pipeline import PassContext
+from onnxcomp.ir.model import Model, save_proto
+from onnxcomp.ir.weights import weight_table
+from onnxcomp.kernels import reference, schema
+from onnxcomp.measure.summary import size_by_section
+from onnxcomp.passes import PackWeights, QuantizeWeights
+from onnxcomp.passes.base import PassContext
+from onnxcomp.passes.pack_weights import PackConfig
 from onnxcomp.recipe import load_recipe
-from onnxcomp.summary import size_by_section
-from onnxcomp.weights import weight_table
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "models" / "mnist_lenet300.onnx"

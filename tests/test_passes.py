@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.passes import EliminateDead, EliminateIdentity, FoldBatchNorm, FoldConstants
 
-from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext
-from onnxcomp.weights import weight_table
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
+from onnxcomp.passes import EliminateDead, EliminateIdentity, FoldBatchNorm, FoldConstants
+from onnxcomp.passes.base import PassContext
 from tests.conftest import rel_err, run_ort
 
 RNG = np.random.default_rng(0)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from models import paths
+from onnxcomp.analysis.cost import total_macs
 from onnxcomp.api import compress, evaluate
 from onnxcomp.cli import main
-from onnxcomp.cost import total_macs
 from onnxcomp.errors import PassError, RecipeError
-from onnxcomp.model import Model
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
 from onnxcomp.recipe import load_recipe
-from onnxcomp.weights import weight_table
 
 RESCNN = str(paths.model_path("mnist_rescnn"))
 VGG = str(paths.model_path("mnist_vgg"))

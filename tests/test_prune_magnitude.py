@@ -8,8 +8,8 @@ import pytest
 from models import paths
 from onnxcomp.api import compress, evaluate
 from onnxcomp.errors import PassError, RecipeError
-from onnxcomp.model import Model
-from onnxcomp.weights import weight_table
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
 
 LENET = str(paths.model_path("mnist_lenet300"))
 CALIB = str(paths.data_path("mnist_calib"))
@@ -127,9 +127,8 @@ def test_search_cache_drops_least_recently_used_layers() -> None:
 def test_large_layers_are_searched_compensated() -> None:
     """VGG's 128x3136 classifier is too costly for exact per-row solves per candidate, but its sequential
     compensation with the memoised factor is cheap: the search scores compensated candidates."""
+    from onnxcomp.passes.base import PassResult
     from onnxcomp.passes.prune_magnitude import _CHEAP_FLOPS, MagnitudePruneConfig, _prunable, _Pruner
-
-    from onnxcomp.pipeline import PassResult
 
     model = Model.load(paths.model_path("mnist_vgg"))
     pruner = _Pruner(_prunable(model, MagnitudePruneConfig(), PassResult(modified=False)))

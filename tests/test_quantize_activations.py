@@ -10,14 +10,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.passes.quantize_activations import QuantizeActivations, QuantizeActivationsConfig
 
 from models import builders, paths
 from onnxcomp.api import compress, evaluate
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.calibration.data import CalibrationData
 from onnxcomp.errors import PassError, RecipeError
-from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext, Pipeline
+from onnxcomp.ir.model import Model
+from onnxcomp.passes.base import PassContext
+from onnxcomp.passes.quantize_activations import QuantizeActivations, QuantizeActivationsConfig
+from onnxcomp.pipeline import Pipeline
 from onnxcomp.recipe import parse_recipe
 from onnxcomp.runtime import int8_pairs_saturate
 from tests.conftest import run_ort, run_ort_unfused
@@ -296,7 +297,7 @@ def test_must_not_fire() -> None:
     ],
 )
 def test_bad_options_name_the_option(options, option) -> None:
-    with pytest.raises(ValueError, match=option):
+    with pytest.raises(RecipeError, match=option):
         QuantizeActivationsConfig(**options)
     with pytest.raises(RecipeError, match=option):
         parse_recipe({"passes": [{"quantize_activations": options}]})

@@ -1,5 +1,5 @@
-"""Weight quantization: the grids of ``onnxcomp.qscheme``, the pass on tiny graphs (every lowering checked against
-onnxruntime bit for bit), GPTQ on real layers, and accuracy on the trained sample models."""
+"""Weight quantization: the grids of ``onnxcomp.numerics.qscheme``, the pass on tiny graphs (every lowering checked
+against onnxruntime bit for bit), GPTQ on real layers, and accuracy on the trained sample models."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.passes.quantize_weights import QuantizeWeights
 
 from models.paths import data_path, model_path
-from onnxcomp import qscheme
 from onnxcomp.api import compress, evaluate
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.calibration.data import CalibrationData
+from onnxcomp.calibration.hessian import collect_hessians
 from onnxcomp.errors import RecipeError
-from onnxcomp.hessian import collect_hessians
-from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext
-from onnxcomp.qscheme import QScheme
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
+from onnxcomp.numerics import qscheme
+from onnxcomp.numerics.qscheme import QScheme
+from onnxcomp.numerics.retarget import layer_output_error
+from onnxcomp.passes.base import PassContext
+from onnxcomp.passes.quantize_weights import QuantizeWeights
 from onnxcomp.recipe import load_recipe
-from onnxcomp.weights import weight_table
 
 RNG = np.random.default_rng(0)
 CLEANUP = ["fold_constants", "eliminate_identity", "fold_batchnorm", "eliminate_dead"]
@@ -529,7 +530,7 @@ def test_gptq_lowers_the_output_error_of_real_layers() -> None:
     fc2 = values["fc2.weight"]
     w2 = qscheme.dequantize(inits[fc2.input[0]], inits[fc2.input[1]], 0, axis=0)
     record = next(r for r in result.records if r["weight"] == "fc2.weight")
-    assert hessians["fc2.weight"].output_error(original["fc2.weight"], w2) == pytest.approx(record["output_err"])
+    assert layer_output_error(hessians["fc2.weight"], original["fc2.weight"], w2) == pytest.approx(record["output_err"])
 
 
 def _quantized(name: str, options: dict, calibration=None):
@@ -601,7 +602,7 @@ def test_mixed_precision_needs_calibration() -> None:
 def test_report_counts_quantized_weights_with_their_bits() -> None:
     """Quantized kernels show up in the size sections and in the per-layer table with their width, also when the
     codes are packed into a blob."""
-    from onnxcomp.summary import layer_rows, size_by_section
+    from onnxcomp.measure.summary import layer_rows, size_by_section
 
     for recipe, limit in (([*CLEANUP, {"quantize_weights": {"bits": 3}}], 9216 + 32 * 4),  # int8 codes + scales
                           ([*CLEANUP, {"quantize_weights": {"bits": 3}}, {"pack_weights": {"min_elements": 256}}],
@@ -634,7 +635,7 @@ def test_paddle_export_at_opset_11_is_converted_for_per_channel_scales() -> None
 def test_int4_model_still_exports_after_a_summary() -> None:
     """Reading INT4 codes (report, packing) must not cache them in the graph: graphsurgeon would then export the
     unpacked bytes and onnx rejects the tensor."""
-    from onnxcomp.summary import layer_rows
+    from onnxcomp.measure.summary import layer_rows
 
     result = compress(model_path("mnist_rescnn"), recipe={"passes": [{"quantize_weights": {"bits": 4, "opset": 21}}]})
     rows = [r for r in layer_rows(result.model) if r.bits == 4]

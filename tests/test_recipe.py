@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from onnxcomp.passes import PASSES
 
 from onnxcomp.errors import RecipeError
+from onnxcomp.passes import PASSES
 from onnxcomp.recipe import builtin_recipes, load_recipe
 
 

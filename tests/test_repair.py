@@ -13,12 +13,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import paths
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.calibration.data import CalibrationData
 from onnxcomp.errors import PassError
-from onnxcomp.model import Model
-from onnxcomp.repair import fit_channel_map, refit_layer, solve_ridge
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_of
+from onnxcomp.numerics.repair import fit_channel_map, refit_layer, solve_ridge
 from onnxcomp.runtime import session
-from onnxcomp.weights import weight_of
 from tests.conftest import run_ort
 
 RNG = np.random.default_rng(0)

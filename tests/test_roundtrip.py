@@ -11,8 +11,8 @@ import pytest
 
 from models import builders, paths
 from onnxcomp.api import compress
-from onnxcomp.model import Model
-from onnxcomp.weights import weight_table
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
 from tests.conftest import rel_err, run_ort
 
 TOL = 1e-5

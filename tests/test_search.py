@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.search import ncs_minimize
+from onnxcomp.numerics.ncs import ncs_minimize
 
 
 def _knapsack(seed: int):

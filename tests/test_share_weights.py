@@ -8,20 +8,21 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxcomp.passes.share_weights import ShareWeights, _refine
 from sklearn.cluster import KMeans
 
 from models.paths import data_path, model_path
 from onnxcomp.api import compress, evaluate
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.calibration.data import CalibrationData
+from onnxcomp.calibration.hessian import LayerHessian, collect_hessians
 from onnxcomp.errors import RecipeError
-from onnxcomp.hessian import LayerHessian, collect_hessians
-from onnxcomp.kmeans1d import kmeans1d
-from onnxcomp.model import Model
-from onnxcomp.pipeline import PassContext, PassResult
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import weight_table
+from onnxcomp.numerics.kmeans1d import kmeans1d
+from onnxcomp.numerics.retarget import layer_output_error
+from onnxcomp.passes.base import PassContext, PassResult
+from onnxcomp.passes.share_weights import ShareWeights, _refine
 from onnxcomp.recipe import load_recipe
 from onnxcomp.runtime import unpack
-from onnxcomp.weights import weight_table
 from tests.conftest import run_ort
 
 RNG = np.random.default_rng(0)
@@ -379,7 +380,7 @@ def test_width_search_scores_what_will_be_applied(compensate: bool) -> None:
     ctx = PassContext(calibration=data)
     values, _ = share._candidate(w, original, 3, h, ctx)
     plain, _ = ShareWeights(ShareWeights.Config(bits=3, codebook_dtype="weight"))._candidate(w, original, 3, h, ctx)
-    assert (h.output_error(original, values) < h.output_error(original, plain)) == compensate
+    assert (layer_output_error(h, original, values) < layer_output_error(h, original, plain)) == compensate
     share._apply(share._plan(w, original, 3, ctx, PassResult(modified=False)), h, PassResult(modified=False))
     np.testing.assert_array_equal(w.array, values)
 

@@ -62,9 +62,8 @@ def test_non_defaults_and_custom_domains_are_kept(tmp_path) -> None:
     model.graph.node.append(custom)
     model.graph.output[0].name = "z"
     model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    from onnxcomp.ir.model import Model
     from onnxcomp.passes.strip_defaults import StripDefaults
-
-    from onnxcomp.model import Model
 
     m = Model(model)
     StripDefaults(StripDefaults.Config()).run(m, None)

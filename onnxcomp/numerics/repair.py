@@ -16,7 +16,7 @@ the moments ``H~ = E[x~a x~a^T]`` and ``G = E[x~a t^T]``, the normal equations a
 
     A (H~ + D) = G^T + A0 D,     D = diag(dampening of H~)  (``obs.dampened``: damp * mean(diag H~), dead inputs 1)
 
-the ridge form of :meth:`onnxcomp.hessian.LayerHessian.retarget` (there ``G^T = W C^T`` with ``C = E[x~ x^T]``;
+the ridge form of :func:`onnxcomp.numerics.retarget.retarget` (there ``G^T = W C^T`` with ``C = E[x~ x^T]``;
 here ``t`` is formed batch by batch, so only ``G`` (fan-in x rows) is kept instead of the fan-in x fan-in
 ``C``). The ridge pulls towards the sliced reference weights, so a layer whose inputs did not change keeps its
 weights, and input directions the calibration data do not span are left alone. The output error of any ``A``
@@ -35,21 +35,21 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.calibration import CalibrationData, iter_captures
+from onnxcomp.calibration.data import CalibrationData, iter_captures
+from onnxcomp.calibration.hessian import input_patches
 from onnxcomp.errors import PassError
-from onnxcomp.graph_edit import is_graph_output, is_standard, tensor_names, unique_name
-from onnxcomp.hessian import input_patches
-from onnxcomp.model import Model
-from onnxcomp.obs import dampened
-from onnxcomp.weights import Use, Weight, constant_value, is_constant, weight_of
+from onnxcomp.ir.graph_edit import is_graph_output, is_standard, tensor_names, unique_name
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import Use, Weight, constant_value, is_constant, weight_of
+from onnxcomp.numerics.obs import DAMP, dampened
 
 
-def solve_ridge(H: np.ndarray, G: np.ndarray, prior: np.ndarray, damp: float = 0.01) -> np.ndarray:
+def solve_ridge(H: np.ndarray, G: np.ndarray, prior: np.ndarray, damp: float = DAMP) -> np.ndarray:
     """``argmin_A E||A x - t||^2 + tr((A - prior) D (A - prior)^T)`` from ``H = E[x x^T]`` and ``G = E[x t^T]``.
 
     ``H`` is (d, d), ``G`` (d, r), ``prior`` (r, d); returns ``A`` (r, d) in float64. ``D`` is the dampening of
-    :func:`onnxcomp.obs.dampened` (``damp * mean(diag H)``, inputs that are always zero get 1 + that), so an input
-    the data never excite keeps its prior weight.
+    :func:`onnxcomp.numerics.obs.dampened` (``damp * mean(diag H)``, inputs that are always zero get 1 + that), so an
+    input the data never excite keeps its prior weight.
     """
     H = np.asarray(H, dtype=np.float64)
     Hd = dampened(H, damp)
@@ -62,7 +62,7 @@ def solve_ridge(H: np.ndarray, G: np.ndarray, prior: np.ndarray, damp: float = 0
 
 
 def refit_layer(model: Model, reference: Model, node_name: str, rows: np.ndarray | None, cols: np.ndarray | None,
-                data: CalibrationData, damp: float = 0.01) -> tuple[float, float] | None:
+                data: CalibrationData, damp: float = DAMP) -> tuple[float, float] | None:
     """Re-fit the weights and bias of a pruned layer to the reference layer's outputs at the kept ``rows``.
 
     ``node_name`` names a Conv (group 1, 1-D or 2-D, explicit or VALID padding), Gemm (transA 0, constant weight)
@@ -124,7 +124,7 @@ def refit_layer(model: Model, reference: Model, node_name: str, rows: np.ndarray
 
 
 def fit_channel_map(model: Model, reference: Model, tensor: str, src: np.ndarray, dst: np.ndarray,
-                    data: CalibrationData, damp: float = 0.01,
+                    data: CalibrationData, damp: float = DAMP,
                     axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The affine map ``P x~ + b`` from the kept channels ``src`` of ``tensor`` to the reference channels ``dst``.
 

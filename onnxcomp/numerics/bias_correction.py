@@ -3,8 +3,8 @@
 When pruning, sharing or quantization moves a layer's weights from ``W`` to ``W'``, its output changes by
 ``W x - W' x~`` (``x~`` the possibly already compressed input). The mean of that change, ``W E[x] - W' E[x~]``
 per output channel, costs nothing to undo: add it to the bias. What is left for the weights to fit is the
-mean-free part, whose statistics are :meth:`onnxcomp.hessian.LayerHessian.centered`. Fitting the weights on the
-centered statistics and then correcting the bias is the exact least-squares solution over weights and bias
+mean-free part, whose statistics are :meth:`onnxcomp.calibration.hessian.LayerHessian.centered`. Fitting the weights on
+the centered statistics and then correcting the bias is the exact least-squares solution over weights and bias
 together (Nagel et al., "Data-Free Quantization", 2019, correct the bias alone; here the weight fit knows the
 bias will follow).
 
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_edit import single_consumer, tensor_names, unique_name
-from onnxcomp.hessian import LayerHessian
-from onnxcomp.model import Model
-from onnxcomp.weights import Weight, weight_of
+from onnxcomp.calibration.hessian import LayerHessian
+from onnxcomp.ir.graph_edit import single_consumer, tensor_names, unique_name
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import Weight, weight_of
 
 
 @dataclass

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from onnxcomp.fidelity import FidelityReport
-from onnxcomp.summary import SECTIONS, LayerRow
+from onnxcomp.measure.fidelity import FidelityReport
+from onnxcomp.measure.summary import SECTIONS, LayerRow
 
 
 @dataclass

@@ -10,7 +10,7 @@ plus a histogram of |x| over [0, R] whose range R doubles (merging bin pairs) wh
 so that percentile and entropy calibration can be computed without keeping the activations. The histogram is
 kept in two halves of the same bins, ``hist_pos`` (x >= 0) and ``hist_neg`` (|x| of x < 0): their sum is the
 |x| histogram ``hist``, and together they are the signed histogram that asymmetric ranges (one percentile per
-tail, the MSE search over [lo, hi]) need (:mod:`onnxcomp.act_ranges`); ``zeros`` counts exact zeros, which
+tail, the MSE search over [lo, hi]) need (:mod:`onnxcomp.analysis.act_ranges`); ``zeros`` counts exact zeros, which
 every such grid represents exactly.
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
-from onnxcomp.calibration import CalibrationData, capture
-from onnxcomp.model import Model
+from onnxcomp.calibration.data import CalibrationData, capture
+from onnxcomp.ir.model import Model
 
 
 class RunningStats:

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.calibration.data import CalibrationData
+from onnxcomp.errors import ComparisonError
 from onnxcomp.runtime import session
 
 
@@ -79,7 +80,7 @@ class _Acc:
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if ref.shape != cand.shape:
-            raise ValueError(f"output shapes differ: {ref.shape} vs {cand.shape}")
+            raise ComparisonError(f"output shapes differ: {ref.shape} vs {cand.shape}")
         r = ref.astype(np.float64).ravel()
         c = cand.astype(np.float64).ravel()
         self.dot += float(r @ c)
@@ -120,7 +121,7 @@ def compare(
     names = [o.name for o in ref_sess.get_outputs()]
     cand_names = [o.name for o in cand_sess.get_outputs()]
     if sorted(names) != sorted(cand_names):
-        raise ValueError(f"the models' outputs differ: {names} vs {cand_names}")
+        raise ComparisonError(f"the models' outputs differ: {names} vs {cand_names}")
     accs = {n: _Acc() for n in names}
     correct_ref = correct_cand = labelled = 0
     custom = []

@@ -18,8 +18,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxcomp.graph_edit import is_standard
-from onnxcomp.model import Model, iter_graphs
+from onnxcomp.ir.graph_edit import is_standard
+from onnxcomp.ir.model import Model, iter_graphs
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -124,6 +124,30 @@ def weight_table(model: Model | gs.Graph) -> list[Weight]:
                     found[key] = Weight(const, producer, [])
                 found[key].uses.append(Use(node, slot))
     return list(found.values())
+
+
+def dequantized_codes(model: Model) -> list[Weight]:
+    """Integer constants (initializers or Constant nodes, any graph) that some DequantizeLinear reads as its
+    quantized input, each once with all its uses (as :func:`weight_table` lists floats)."""
+    found: dict[int, Weight] = {}
+    dequantized: set[int] = set()
+    for graph in model.graphs():
+        for node in graph.nodes:
+            for slot, tensor in enumerate(node.inputs):
+                producer = None
+                if not isinstance(tensor, gs.Constant):
+                    if len(tensor.inputs) != 1 or not is_standard(tensor.inputs[0], "Constant"):
+                        continue
+                    producer, tensor = tensor.inputs[0], tensor.inputs[0].attrs.get("value")
+                    if not isinstance(tensor, gs.Constant):
+                        continue
+                if not is_integer_dtype(tensor.dtype):
+                    continue
+                entry = found.setdefault(id(tensor), Weight(tensor, producer, []))
+                entry.uses.append(Use(node, slot))
+                if slot == 0 and is_standard(node, "DequantizeLinear"):
+                    dequantized.add(id(tensor))
+    return [w for key, w in found.items() if key in dequantized]
 
 
 def iter_weights(model: Model, role: str | None = None) -> Iterator[Weight]:

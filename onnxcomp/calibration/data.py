@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import CalibrationError
-from onnxcomp.model import Model
+from onnxcomp.ir.model import Model
 from onnxcomp.runtime import session
 
 LABELS_KEY = "labels"

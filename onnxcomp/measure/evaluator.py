@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.calibration.data import CalibrationData
 from onnxcomp.errors import PassError
-from onnxcomp.model import Model
+from onnxcomp.ir.model import Model
 from onnxcomp.runtime import session
 
 Metric = Literal["auto", "accuracy", "agreement", "cosine"]

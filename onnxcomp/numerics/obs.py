@@ -1,8 +1,8 @@
 """One-shot error compensation: Optimal Brain Surgeon updates of a layer's remaining weights.
 
 For a weight matrix ``W`` (rows = output channels, columns = fan-in) and the layer-input Hessian
-``H = E[x x^T]`` (see ``hessian.py``), removing or changing weights changes the outputs by ``dW X``. OBS
-(Hassibi & Stork 1993) compensates a change of weight ``j`` by moving the not-yet-processed weights of the
+``H = E[x x^T]`` (see :mod:`onnxcomp.calibration.hessian`), removing or changing weights changes the outputs by
+``dW X``. OBS (Hassibi & Stork 1993) compensates a change of weight ``j`` by moving the not-yet-processed weights of the
 same row along ``-H^{-1}[:, j] / H^{-1}[j, j]``. SparseGPT and GPTQ (Frantar & Alistarh 2022, 2023) make this
 fast by processing columns in order with the upper Cholesky factor ``U`` of ``H^{-1}`` (``H^{-1} = U^T U``)::
 
@@ -40,8 +40,12 @@ from typing import Literal
 
 import numpy as np
 
+# The Hessian dampening every solve defaults to, relative to mean(diag H): the one default of the project (passes'
+# ``damp`` options default to it too).
+DAMP = 0.01
 
-def dampened(H: np.ndarray, damp: float = 0.01) -> np.ndarray:
+
+def dampened(H: np.ndarray, damp: float = DAMP) -> np.ndarray:
     """A copy of ``H`` with dead columns' diagonal set to 1 and ``damp * mean(diag H)`` added to the diagonal."""
     H = np.array(H, dtype=np.float64, copy=True)
     diag = np.arange(H.shape[0])
@@ -50,7 +54,7 @@ def dampened(H: np.ndarray, damp: float = 0.01) -> np.ndarray:
     return H
 
 
-def inverse_cholesky(H: np.ndarray, damp: float = 0.01) -> np.ndarray:
+def inverse_cholesky(H: np.ndarray, damp: float = DAMP) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + damp * mean(diag H) * I)^{-1}``, with dead columns fixed."""
     H = dampened(H, damp)
     diag = np.arange(H.shape[0])
@@ -96,7 +100,7 @@ def compensate(
     W: np.ndarray,
     H: np.ndarray,
     target: Callable[[np.ndarray, int], np.ndarray],
-    damp: float = 0.01,
+    damp: float = DAMP,
     block: int = 128,
     factors: Factors | None = None,
 ) -> np.ndarray:
@@ -148,7 +152,7 @@ def prune_compensated(
     W: np.ndarray,
     H: np.ndarray,
     keep: np.ndarray,
-    damp: float = 0.01,
+    damp: float = DAMP,
     block: int = 128,
     exact_budget: float = EXACT_BUDGET,
     factors: Factors | None = None,

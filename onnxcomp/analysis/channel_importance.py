@@ -23,9 +23,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from onnxcomp.calibration import CalibrationData, iter_captures
-from onnxcomp.channel_groups import ChannelGraph, Slot
-from onnxcomp.weights import constant_value
+from onnxcomp.analysis.channel_graph import ChannelGraph, Slot
+from onnxcomp.calibration.data import CalibrationData, iter_captures
+from onnxcomp.ir.weights import constant_value
 
 CRITERIA = ("l1", "l2", "fpgm", "bn", "activation")
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")

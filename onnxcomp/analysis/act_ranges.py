@@ -1,6 +1,6 @@
 """Activation ranges for 8-bit quantization, from streaming statistics (analysis only, no graph change).
 
-Every method reads one :class:`~onnxcomp.stats.RunningStats` (min/max and the signed histogram of B bins of
+Every method reads one :class:`~onnxcomp.calibration.stats.RunningStats` (min/max and the signed histogram of B bins of
 width ``w = R / B`` per half, ``hist_pos`` for x >= 0 and ``hist_neg`` for |x| of x < 0) and returns a clipping
 range ``[lo, hi]`` that always contains 0, so that real zero (ReLU outputs, zero padding) is exact. The grid
 (:class:`Grid`) says how the range becomes a scale and zero point::
@@ -49,7 +49,7 @@ from typing import Literal
 
 import numpy as np
 
-from onnxcomp.stats import RunningStats
+from onnxcomp.calibration.stats import RunningStats
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")

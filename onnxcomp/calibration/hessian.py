@@ -8,15 +8,17 @@ least-squares centroid refinement.
 
 When earlier layers were already compressed, a layer sees inputs ``x~`` instead of ``x``. Given the original
 model as ``reference``, the cross moments ``C = E[x~ x^T]`` are collected too: the weights that best reproduce
-the ORIGINAL outputs from the compressed inputs are ``W C^T H~^{-1}`` (:meth:`LayerHessian.retarget`), so the
-error of upstream layers is corrected instead of carried forward. That fit is a least-squares problem on the
+the ORIGINAL outputs from the compressed inputs are ``W C^T H~^{-1}`` (:func:`onnxcomp.numerics.retarget.retarget`), so
+the error of upstream layers is corrected instead of carried forward. That fit is a least-squares problem on the
 calibration samples, and with few samples per input (a squeeze-excite conv sees one vector per image) it learns
 the samples: collected with ``folds``, the statistics of each contiguous run of feeds are kept too
-(:attr:`LayerHessian.parts`), and :meth:`LayerHessian.retarget` picks the strength of its ridge towards the
-original weights by cross-validation on them (or keeps the original weights when no strength helps on samples
+(:attr:`LayerHessian.parts`), and :func:`~onnxcomp.numerics.retarget.retarget` picks the strength of its ridge towards
+the original weights by cross-validation on them (or keeps the original weights when no strength helps on samples
 the fit did not see). PP-OCRv4 rec, 6-bit sequential sharing on 72 lines: top-1 agreement 0.998 on the fitted
 lines and 0.983 on held-back ones with the fixed ridge (measured while the refit that follows shrank all weights,
-see ``share_weights``); see ``RIDGES``.
+see ``share_weights``); see ``onnxcomp.numerics.retarget.RIDGES``.
+
+This module only collects statistics; the solves that use them are :mod:`onnxcomp.numerics`'s.
 
 The input means ``E[x]`` (and the reference's) are collected too. A layer with a bias can absorb any change of its
 output mean (``bias_correction.py``), so what its weights must fit is only the change of the mean-free output:
@@ -36,18 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import numpy as np
 
-from onnxcomp.calibration import CalibrationData, iter_captures
-from onnxcomp.model import Model
-from onnxcomp.obs import Factors, dampened, output_error, prune_compensated
-from onnxcomp.weights import Weight
+from onnxcomp.calibration.data import CalibrationData, iter_captures
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.weights import Weight
 
 SAMPLES_PER_INPUT = 2  # input vectors per input width below which a fitted layer gets a note (few_samples)
 RETARGET_FOLDS = 4  # runs of feeds whose statistics are kept apart to cross-validate retargeting
-RIDGES = (1.0, 10.0, 100.0, 1000.0)  # retargeting's ridge candidates, in multiples of the caller's dampening
 
 
 @dataclass
@@ -97,56 +96,6 @@ class LayerHessian:
 
     def _reference_mean(self) -> np.ndarray:
         return self.ref_mean if self.ref_mean is not None else self.mean
-
-    def retarget(self, W: np.ndarray, damp: float = 0.01) -> np.ndarray:
-        """Matrix view ``W`` (groups, rows, d) -> the dense weights that best map x~ to the reference outputs.
-
-        ``argmin ||W' X~ - W X||^2 + tr((W' - W) D (W' - W)^T)`` with ``D`` the dampening: ``W' (H~ + D) = W C^T
-        + W D``. The ridge pulls towards ``W``, not towards zero, so a layer whose inputs did not change keeps its
-        weights and directions the few calibration inputs do not span are left alone (LeNet-300 W3 GPTQ on 48
-        samples: 15.4 points test accuracy drop with a ridge towards zero, -0.2 with this one). With ``parts``
-        the dampening is ``damp`` times the ridge of ``RIDGES`` that reproduces held-out runs of feeds best
-        (:meth:`retarget_ridge`), and ``W`` itself when none beats it.
-        """
-        if self.C is None:
-            return W
-        ridge = self.retarget_ridge(W, damp)
-        return W if ridge is None else _retarget(self, W, damp * ridge)
-
-    def retarget_kept(self, original: np.ndarray, keep: np.ndarray, damp: float = 0.01,
-                      towards: Literal["zero", "weights"] = "zero", factors: Factors | None = None) -> np.ndarray:
-        """``original`` (ONNX layout) re-targeted (:meth:`retarget`; unchanged without ``C``), then restricted to
-        ``keep`` by the least-squares refit of :func:`onnxcomp.obs.prune_compensated` (its ridge pulling
-        ``towards`` zero or the re-targeted weights): the layer's weights, zero outside ``keep``, in its dtype."""
-        W = self.retarget(self.to_matrix(original.astype(np.float64)), damp)
-        K = self.to_matrix(keep)
-        out = np.stack([prune_compensated(W[g], self.H[g], K[g], damp, factors=factors, towards=towards)
-                        for g in range(self.groups)])
-        return np.where(keep, self.from_matrix(out), 0).astype(original.dtype)
-
-    def retarget_ridge(self, W: np.ndarray, damp: float = 0.01) -> float | None:
-        """The multiple of ``damp`` in ``RIDGES`` whose retargeted weights, fitted on all parts but one, best
-        reproduce the reference outputs on the one left out (summed over the parts); None when ``W`` unchanged
-        does better. Without parts: 1.0. The error of ``W'`` on a part is ``tr(W' H~ W'^T) - 2 tr(W' C W^T)``
-        plus a term that does not depend on ``W'``."""
-        if not self.parts or len(self.parts) < 2:
-            return 1.0
-        errors = np.zeros(len(RIDGES) + 1)  # the last: W unchanged
-        for i, check in enumerate(self.parts):
-            fit = pooled([p for j, p in enumerate(self.parts) if j != i])
-            if self.is_centered:
-                fit, check = fit.centered(), check.centered()
-            for r, ridge in enumerate((*RIDGES, None)):
-                Wr = W if ridge is None else _retarget(fit, W, damp * ridge)
-                errors[r] += check.count * float(np.einsum("grd,gde,gre->", Wr, check.H, Wr)
-                                                 - 2 * np.einsum("grd,gde,gre->", Wr, check.C, W))
-        best = int(np.argmin(errors))
-        return RIDGES[best] if best < len(RIDGES) else None
-
-    def output_error(self, original: np.ndarray, new: np.ndarray) -> float | None:
-        """Relative output change of replacing ``original`` by ``new`` (ONNX layout), over all groups."""
-        return output_error(self.to_matrix(original.astype(np.float64)), self.to_matrix(new.astype(np.float64)),
-                            self.H)
 
     def few_samples(self, layer: str) -> str | None:
         """A note when the statistics come from fewer input vectors than ``SAMPLES_PER_INPUT`` times the input
@@ -261,16 +210,6 @@ def _collect(model: Model, weights: list[Weight], data: CalibrationData,
                     setattr(h, field, getattr(h, field) / max(h.count, 1))
         hessians[name] = hs[0] if folds == 1 else replace(pooled(hs), parts=hs)
     return hessians
-
-
-def _retarget(h: LayerHessian, W: np.ndarray, damp: float) -> np.ndarray:
-    """``W' (H~ + D) = W C^T + W D`` per group (:meth:`LayerHessian.retarget`)."""
-    out = np.empty_like(W, dtype=np.float64)
-    for g in range(h.groups):
-        H = dampened(h.H[g], damp)
-        ridge = np.diag(H) - np.diag(h.H[g])
-        out[g] = np.linalg.solve(H, h.C[g] @ W[g].T + ridge[:, None] * W[g].T).T
-    return out
 
 
 def pooled(parts: Sequence[LayerHessian]) -> LayerHessian:

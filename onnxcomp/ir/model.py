@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from onnxcomp.errors import ModelLoadError, OutputError
-from onnxcomp.fileio import check_output_path, staged_dir
+from onnxcomp.ir.fileio import check_output_path, staged_dir
 
 # graphsurgeon prints its warnings (e.g. about bfloat16 tensors) on stdout, where they would corrupt
 # `inspect --json`; onnxcomp reports what matters itself.

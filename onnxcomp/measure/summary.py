@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp import qscheme
-from onnxcomp.graph_edit import is_standard, node_label
+from onnxcomp.ir.graph_edit import is_standard, node_label
+from onnxcomp.ir.model import Model, subgraphs, walk_tensors
+from onnxcomp.ir.weights import stored_nbytes, values_of, weight_table
 from onnxcomp.kernels import reference, schema
-from onnxcomp.model import Model, subgraphs, walk_tensors
-from onnxcomp.weights import stored_nbytes, values_of, weight_table
+from onnxcomp.numerics import qscheme
 
 SECTIONS = ("float weights", "packed weights", "codebook indices", "quantized tensors", "other tensors", "metadata",
             "graph")

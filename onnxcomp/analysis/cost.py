@@ -48,9 +48,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import OnnxcompError, PassError
-from onnxcomp.graph_edit import node_label
+from onnxcomp.ir.graph_edit import node_label
+from onnxcomp.ir.model import Model
 from onnxcomp.kernels import schema
-from onnxcomp.model import Model
 
 Shape = tuple[int, ...]
 

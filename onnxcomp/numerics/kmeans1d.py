@@ -37,7 +37,7 @@ histogram instead: ``bins`` (8192) equal-width bins over [min, max], each non-em
 its count as weight. The squared error of any partition that does not split a bin equals the within-bin error
 (a constant) plus the weighted error of the bin means, so the DP returns the optimal partition *among those
 whose cuts fall on bin edges* (cut resolution (max - min) / 8192); Lloyd iterations on the raw values then
-polish it (each can only lower the error). Measured with ``python -m onnxcomp.kmeans1d`` on the 266,200 weights
+polish it (each can only lower the error). Measured with ``python -m onnxcomp.numerics.kmeans1d`` on the 266,200 weights
 (265,788 distinct) of mnist_lenet300, 2 CPU cores: k=32 DP on all distinct values 5.0 s, on the histogram 0.16 s
 with 1.9e-6 relative excess error; k=256 histogram 0.5 s. At the 20,000-distinct limit the full DP takes 0.34 s
 (k=32) and 1.8 s (k=256).
@@ -291,36 +291,3 @@ def _dp_centroids(p: _Prefix, k: int) -> np.ndarray:
     cuts.append(0)
     _, mean = p.means(np.array(cuts[::-1]))
     return mean
-
-
-def _benchmark() -> None:  # pragma: no cover - measurement script
-    """Time the exact DP on mnist_lenet300's weights; compare with Lloyd and with the DP on all distinct values."""
-    import sys
-    import time
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from models.paths import model_path
-    from onnxcomp.model import Model
-    from onnxcomp.weights import weight_table
-
-    model = Model.load(model_path("mnist_lenet300"))
-    values = np.concatenate([w.array.ravel() for w in weight_table(model) if w.role == "weight"])
-    print(f"{values.size} weights, {np.unique(values).size} distinct")
-    for k in (4, 32, 256):
-        rows = []
-        for label, kwargs in (("linear", {"init": "linear"}), ("exact (histogram)", {"init": "exact"}),
-                              ("exact (all distinct)", {"init": "exact", "exact_limit": 10**9})):
-            if k == 256 and "all distinct" in label:
-                continue
-            start = time.perf_counter()
-            result = kmeans1d(values, k, **kwargs)
-            rows.append((label, time.perf_counter() - start, result.inertia, result.iterations))
-        base = min(r[2] for r in rows)
-        for label, sec, inertia, its in rows:
-            print(f"k={k:3d} {label:22s} {sec:7.3f} s  inertia {inertia:.6e} (+{inertia / base - 1:.2e})  "
-                  f"lloyd iterations {its}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _benchmark()

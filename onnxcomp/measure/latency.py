@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcomp.calibration import CalibrationData, input_specs
+from onnxcomp.calibration.data import CalibrationData, input_specs
 from onnxcomp.errors import CalibrationError
-from onnxcomp.model import Model
+from onnxcomp.ir.model import Model
 from onnxcomp.runtime import session
 
 
