@@ -4,7 +4,8 @@
 magic, version, CRC, lengths and Huffman tables) and decode it exactly
 (:func:`onnxcomp.codecs.stack.decode_weight`): a float tensor, or the int8/uint8 codes of a quantized weight.
 When the node's ``shape`` / ``dtype`` attributes are given they must match the blob. Every problem is a
-:class:`~onnxcomp.errors.CodecError` naming the weight.
+:class:`~onnxcomp.errors.CodecError` naming the weight. The blob's byte format, and every check in order, is
+``kernels/FORMAT.md``; ``kernels/testdata`` holds its golden blobs.
 """
 
 from __future__ import annotations

@@ -7,8 +7,12 @@ which puts all ``2**b`` codes of a ``b``-bit gap to use. A run of zeros longer t
 ``r`` zeros there are ``r >> b`` fillers and its own gap is ``r & (2**b - 1)``. Zeros after the last nonzero
 take no entry (the decoder knows the size).
 
-Cost with ``v``-bit values: ``(nnz + fillers(b)) * (v + b)`` bits; :func:`best_gap_bits` minimises it over
-b in 1..16. Everything is exact: decoding puts every stored value back at its position, the rest is zero.
+Cost with ``v``-bit values: ``(nnz + fillers(b)) * (v + b)`` bits; :mod:`onnxcomp.codecs.stack` prices every
+``b`` in 1..16 in exact blob bytes (with the gaps bit-packed or Huffman coded from :func:`gap_counts`) and keeps
+the cheapest. Everything is exact: decoding puts every stored value back at its position, the rest is zero.
+
+The encoder is :func:`zero_runs` then :func:`place_entries` (the values may be raw bit patterns or codebook
+indices), the decoder :func:`csr_decode`; ``kernels/FORMAT.md`` is the byte-level contract.
 """
 
 from __future__ import annotations
@@ -32,16 +36,17 @@ def fillers(runs: np.ndarray, gap_bits: int) -> int:
     return int((runs >> gap_bits).sum())
 
 
-def csr_encode(flat: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values with fillers, gaps) of a 1-D array; gaps are below ``2**gap_bits`` (uint16)."""
-    _check_gap_bits(gap_bits)
-    flat = np.asarray(flat).reshape(-1)
-    positions, runs = zero_runs(flat)
-    return place_entries(flat[positions], runs, gap_bits)
+def gap_counts(runs: np.ndarray, gap_bits: int, nfill: int | None = None) -> np.ndarray:
+    """How often each gap symbol ``0 .. 2**b - 1`` occurs among all entries, fillers included (for pricing);
+    ``nfill`` is :func:`fillers` when the caller already has it."""
+    counts = np.bincount(runs & ((1 << gap_bits) - 1), minlength=1 << gap_bits)
+    counts[-1] += fillers(runs, gap_bits) if nfill is None else nfill  # every filler's gap is the top symbol
+    return counts
 
 
 def place_entries(values: np.ndarray, runs: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Interleave filler entries (value 0, gap ``2**b - 1``) before nonzeros whose zero run overflows b bits."""
+    """(entry values, entry gaps): the nonzeros' ``values`` (one per run) with filler entries (value 0, gap
+    ``2**b - 1``) before each nonzero whose zero run overflows b bits; gaps are uint16."""
     fill = runs >> gap_bits
     slot = np.arange(values.size) + np.cumsum(fill)  # where each nonzero lands among all entries
     total = values.size + int(fill.sum())
@@ -52,36 +57,19 @@ def place_entries(values: np.ndarray, runs: np.ndarray, gap_bits: int) -> tuple[
     return out_values, out_gaps
 
 
-def csr_positions(gaps: np.ndarray, size: int) -> np.ndarray:
-    """Positions of the entries; raises :class:`CodecError` when they run past ``size``."""
-    positions = np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) - 1
-    if positions.size and positions[-1] >= size:
-        raise CodecError(f"sparse gaps reach position {int(positions[-1])} of a tensor of {size} elements")
-    return positions
-
-
 def csr_decode(values: np.ndarray, gaps: np.ndarray, size: int) -> np.ndarray:
-    """The dense 1-D array of ``size`` elements (zeros where no entry is stored)."""
+    """The dense 1-D array of ``size`` elements (zeros where no entry is stored); raises :class:`CodecError`
+    when the entries run past ``size``."""
     values = np.asarray(values).reshape(-1)
     if values.size != np.asarray(gaps).size:
         raise CodecError(f"sparse entries disagree: {values.size} values but {np.asarray(gaps).size} gaps")
+    # Entry i lands at sum(gaps[:i + 1] + 1) - 1: strictly increasing, so only the last can be out of range.
+    positions = np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) - 1
+    if positions.size and positions[-1] >= size:
+        raise CodecError(f"sparse gaps reach position {int(positions[-1])} of a tensor of {size} elements")
     out = np.zeros(size, dtype=values.dtype)
-    out[csr_positions(gaps, size)] = values
+    out[positions] = values
     return out
-
-
-def best_gap_bits(flat: np.ndarray, value_bits: int) -> int:
-    """The gap width in 1..16 that minimises ``(nnz + fillers) * (value_bits + b)``."""
-    return best_gap_bits_for_runs(zero_runs(np.asarray(flat).reshape(-1))[1], value_bits)
-
-
-def best_gap_bits_for_runs(runs: np.ndarray, value_bits: int) -> int:
-    costs = [gap_cost_bits(runs, b, value_bits) for b in range(1, MAX_GAP_BITS + 1)]
-    return int(np.argmin(costs)) + 1  # the narrowest width among equals
-
-
-def gap_cost_bits(runs: np.ndarray, gap_bits: int, value_bits: int) -> int:
-    return (runs.size + fillers(runs, gap_bits)) * (value_bits + gap_bits)
 
 
 def _bits(flat: np.ndarray) -> np.ndarray:
@@ -89,8 +77,3 @@ def _bits(flat: np.ndarray) -> np.ndarray:
     if flat.dtype.kind == "f":
         return flat.view(f"u{flat.dtype.itemsize}")
     return flat
-
-
-def _check_gap_bits(gap_bits: int) -> None:
-    if not isinstance(gap_bits, (int, np.integer)) or not 1 <= gap_bits <= MAX_GAP_BITS:
-        raise CodecError(f"gap width {gap_bits!r} is not supported: use 1..{MAX_GAP_BITS}")

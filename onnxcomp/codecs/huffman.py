@@ -21,7 +21,9 @@ Table layout (little-endian)::
     bits (chunks of at most 4096 symbols, so at most 16 bits)
 
 Decoding validates everything (Kraft sum, lengths, totals, every chunk ending exactly where its stored length
-says, no code outside the table) and raises :class:`~onnxcomp.errors.CodecError` on garbage.
+says, no code outside the table; the padding bits after the last code are ignored) and raises
+:class:`~onnxcomp.errors.CodecError` on garbage, without reading outside the stream. The decoder takes any chunk
+of 1..4096 symbols; ``kernels/FORMAT.md`` (section 5.2) is the byte-level contract.
 """
 
 from __future__ import annotations
@@ -194,7 +196,8 @@ def decode(table: np.ndarray, stream: np.ndarray) -> np.ndarray:
         raise CodecError("Huffman chunk does not end where its stored length says")
     if last_end != starts[-1] + chunk_bits[-1]:
         raise CodecError("Huffman last chunk does not end where its stored length says")
-    if int(out.min()) < 0:
+    # Only real symbols count: the last chunk's extra steps decode its padding, and are dropped below.
+    if int(out[:, :-1].min(initial=0)) < 0 or int(out[:last, -1].min()) < 0:
         raise CodecError("Huffman stream holds a bit pattern that is no code of its table")
     np.right_shift(out, 5, out=out)
     return np.ascontiguousarray(out.T, dtype=dtype).reshape(-1)[:count]
@@ -296,13 +299,16 @@ def _write_codes(stream: np.ndarray, base: int, aligned: np.ndarray, starts: np.
 
 
 def _lookup_table(lengths: np.ndarray, longest: int) -> np.ndarray:
-    """``lut[next longest bits] = symbol << 5 | code length``; -1 marks a bit pattern that starts no code."""
+    """``lut[next longest bits] = symbol << 5 | code length``; a negative entry marks a bit pattern that starts no
+    code. It is ``longest - 32``, whose low 5 bits still advance by ``longest``: a garbage stream then never moves
+    a chunk faster than a valid one could, so the lock-step reads stay inside the zero padding (with -1 they
+    advanced 31 bits a step and could index past it), and the checks after the loop reject it."""
     lengths = lengths.astype(np.int64)
     used = np.flatnonzero(lengths)
     codes = canonical_codes(lengths).astype(np.int64)
     span = np.left_shift(1, longest - lengths[used])
     first = codes[used] << (longest - lengths[used])
     offsets = np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    lut = np.full(1 << longest, -1, dtype=np.int32)
+    lut = np.full(1 << longest, longest - 32, dtype=np.int32)
     lut[np.repeat(first, span) + offsets] = np.repeat((used << 5) | lengths[used], span)
     return lut

@@ -1,4 +1,4 @@
-"""The cheapest exact encoding of one weight, and its serialisation into a single uint8 blob.
+"""The cheapest exact encoding of one weight (the codec *stack*), and its exact decoding.
 
 Passes decide a weight's *values* (pruning leaves exact zeros, weight sharing leaves at most ``2**bits``
 distinct values, quantization leaves ``b``-bit integer codes); this module decides how they are *stored*,
@@ -9,131 +9,48 @@ int8 have at most 8 distinct values, so the codebook stack stores them in 3 bits
 - ``plain``: the raw little-endian values;
 - ``codebook`` (at most 256 distinct values): the distinct values (the codebook, index 0 is 0.0 whenever the
   tensor holds zeros) + one index per element, bit-packed at ``ceil(log2 k)`` bits or Huffman coded;
-- ``sparse`` (Deep Compression, :mod:`onnxcomp.codecs.csr`): the nonzeros with relative indices of ``b`` bits
-  and filler zeros; each entry's value is a raw float or a codebook index (packed or Huffman); the gaps are
-  packed or Huffman coded; ``b`` in 1..16 is chosen by the same exact byte count.
+- ``sparse`` (Deep Compression, Han et al., ICLR 2016; :mod:`onnxcomp.codecs.csr`): the nonzeros with relative
+  indices of ``b`` bits and filler zeros; each entry's value is a raw float or a codebook index (packed or
+  Huffman); the gaps are packed or Huffman coded; ``b`` in 1..16 is chosen by the same exact byte count.
 
 "Distinct" and "zero" are about bit patterns (-0.0 and each NaN payload are values of their own), so decoding
-gives back the very bits that were encoded.
+gives back the very bits that were encoded. Ties between stacks go to the simplest (plain, then codebook, then
+sparse with the narrowest gaps), so the choice, and hence the bytes, are deterministic.
 
-Blob layout (little-endian)::
-
-    b"OCPW"  u16 version (2)  u16 flags  u32 meta length  u32 CRC-32 of everything after these 16 bytes
-    (flags bit 0: the codebook of a float32/float64 weight is stored as float16, because every entry is exactly a
-    float16; weight sharing rounds its centroids so, and the codebook takes half the bytes)
-    meta (binary, unsigned LEB128 varints "v", bytes "u8"):
-        u8 dtype, u8 scheme, v ndim, v dims...,
-        codebook: v k, u8 index coding;   sparse: v count, v k, u8 gap bits, u8 gap coding[, u8 index coding if k]
-        v number of sections, then per section: u8 name, v bytes
-    the sections, in the listed order
-
-(dtype, scheme, coding and section names are indices into the tuples below; ``index_bits`` is implied by ``k``).
-A small model packs one blob per layer, so the meta is binary: ~15 bytes instead of ~200 of JSON (version 1, whose
-meta was that JSON, is still read).
-
-:func:`from_blob` checks all of it (magic, version, lengths, CRC, meta fields, section sizes against the counts,
-Huffman tables) and :func:`decode_weight` checks what depends on the data (indices within the codebook, gaps
-within the tensor); any problem is a :class:`~onnxcomp.errors.CodecError` naming the weight, never another
-exception.
+The blob itself (header, binary meta, CRC, validation) is :mod:`onnxcomp.codecs.blob`, whose names are re-exported
+here; the byte-level contract is ``kernels/FORMAT.md``. :func:`decode_weight` checks what depends on the data
+(indices within the codebook, gaps within the tensor); any problem is a :class:`~onnxcomp.errors.CodecError`
+naming the weight, never another exception.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import struct
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from onnxcomp.codecs import csr, huffman
 from onnxcomp.codecs.bitpack import pack_bits, packed_size, unpack_bits
+from onnxcomp.codecs.blob import (
+    DTYPES,
+    HEADER,
+    MAGIC,
+    MAX_CODEBOOK,
+    MAX_ELEMENTS,
+    SECTION_KINDS,
+    VERSION,
+    EncodedWeight,
+    binary_meta,
+    from_blob,
+    to_blob,
+)
 from onnxcomp.errors import CodecError
 
-MAGIC = b"OCPW"
-VERSION = 2
-_JSON_VERSION = 1  # the first format: the same fields as a JSON object
-MAX_CODEBOOK = 256
-MAX_ELEMENTS = 1 << 32  # a blob may not ask for more than this (a crafted one could otherwise exhaust memory)
-SECTION_KINDS = ("values", "indices", "codebook", "gaps", "huffman tables", "header")
-_HEADER = struct.Struct("<4sHHII")
-_DTYPES = ("float16", "float32", "float64", "int8", "uint8")
-_CODINGS = ("packed", "huffman")
-_SCHEMES = ("plain", "codebook", "sparse")
-_INDEX_CODINGS = ("packed", "huffman", "none")
-_SECTIONS = ("values", "codebook", "indices", "indices.huffman", "gaps", "gaps.huffman")
-_HALF_BOOK = 1  # header flag: the codebook is stored as float16
-
-
-@dataclass(frozen=True)
-class EncodedWeight:
-    """One weight's encoding: ``meta`` (JSON-able parameters) and named byte ``sections``."""
-
-    shape: tuple[int, ...]
-    dtype: str
-    meta: dict[str, Any]
-    sections: dict[str, bytes]
-    name: str = field(default="", compare=False)
-
-    @property
-    def scheme(self) -> str:
-        return self.meta["scheme"]
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    def header_json(self) -> bytes:
-        """The meta as format version 1 wrote it (JSON); kept for reading old blobs and for tests."""
-        doc = {"shape": list(self.shape), "dtype": self.dtype, **self.meta,
-               "sections": [[k, len(v)] for k, v in self.sections.items()]}
-        return json.dumps(doc, separators=(",", ":")).encode()
-
-    def header_binary(self) -> bytes:
-        """The meta of format version 2 (module docstring)."""
-        return _binary_meta(self.shape, self.dtype, self.meta, {k: len(v) for k, v in self.sections.items()})
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the serialised blob."""
-        return _HEADER.size + len(self.header_binary()) + sum(len(v) for v in self.sections.values())
-
-    def bytes_by_section(self) -> dict[str, int]:
-        """Real stored bytes by kind: values, indices, codebook, gaps, huffman tables, header (they sum to nbytes)."""
-        out = dict.fromkeys(SECTION_KINDS, 0)
-        for name, data in self.sections.items():
-            out["huffman tables" if name.endswith(".huffman") else name] += len(data)
-        out["header"] = _HEADER.size + len(self.header_binary())
-        return out
-
-    def describe(self) -> str:
-        """A short human description of the stack, e.g. ``sparse(b=4 huffman) -> codebook(k=16 huffman)``."""
-        m = self.meta
-        if m["scheme"] == "plain":
-            return "plain"
-        book = f"codebook(k={m['k']} {m['index_coding']})" if m.get("k") else "float values"
-        if m["scheme"] == "codebook":
-            return book
-        return f"sparse(b={m['gap_bits']} {m['gap_coding']}) -> {book}"
-
-
-def _binary_meta(shape: tuple[int, ...], dtype: str, m: dict[str, Any], sizes: dict[str, int]) -> bytes:
-    out = bytearray([_DTYPES.index(dtype), _SCHEMES.index(m["scheme"])])
-    out += _varints([len(shape), *shape])
-    if m["scheme"] == "codebook":
-        out += _varints([m["k"]]) + bytes([_INDEX_CODINGS.index(m["index_coding"])])
-    elif m["scheme"] == "sparse":
-        out += _varints([m["count"], m["k"]]) + bytes([m["gap_bits"], _CODINGS.index(m["gap_coding"])])
-        if m["k"]:
-            out += bytes([_INDEX_CODINGS.index(m["index_coding"])])
-    out += _varints([len(sizes)])
-    for section, size in sizes.items():
-        out += bytes([_SECTIONS.index(section)]) + _varints([size])
-    return bytes(out)
+__all__ = ["MAGIC", "MAX_CODEBOOK", "MAX_ELEMENTS", "SECTION_KINDS", "VERSION", "EncodedWeight", "decode_weight",
+           "dense_codebook", "encode_weight", "encoded_nbytes", "exactly_float16", "from_blob", "to_blob"]
 
 
 # -- encoding --------------------------------------------------------------------------------------------
@@ -155,8 +72,8 @@ def encoded_nbytes(array: np.ndarray, *, allow_sparse: bool = True, allow_codebo
 def _cheapest(array: np.ndarray, allow_sparse: bool, allow_codebook: bool, allow_huffman: bool,
               name: str) -> tuple[np.ndarray, _Plan]:
     arr = np.asarray(array)
-    if arr.dtype.name not in _DTYPES:
-        raise CodecError(f"cannot pack weight {name!r}: dtype {arr.dtype} is not one of {', '.join(_DTYPES)}")
+    if arr.dtype.name not in DTYPES:
+        raise CodecError(f"cannot pack weight {name!r}: dtype {arr.dtype} is not one of {', '.join(DTYPES)}")
     bits = np.ascontiguousarray(arr).reshape(-1).view(f"u{arr.dtype.itemsize}")
     facts = _Facts(bits, allow_codebook, arr.dtype)
     plans = [_plain_plan(facts)]
@@ -225,22 +142,22 @@ class _Facts:
         return _le(book).tobytes(), book.size * self.itemsize, {}
 
     @functools.cached_property
+    def _zero_runs(self) -> tuple[np.ndarray, np.ndarray]:
+        return csr.zero_runs(self.bits)
+
+    @property
     def positions(self) -> np.ndarray:
-        return np.flatnonzero(self.bits) if self.has_zeros else np.arange(self.size)
+        """Where the nonzeros are (only asked for when the tensor holds zeros)."""
+        return self._zero_runs[0]
 
     @functools.cached_property
     def nonzeros(self) -> np.ndarray:
         return self.bits[self.positions] if self.has_zeros else self.bits
 
-    @functools.cached_property
+    @property
     def runs(self) -> np.ndarray:
         """Zeros skipped before each nonzero (Deep Compression's relative index minus one)."""
-        runs = np.empty_like(self.positions)
-        if runs.size:
-            runs[0] = self.positions[0]
-            np.subtract(self.positions[1:], self.positions[:-1], out=runs[1:])
-            runs[1:] -= 1
-        return runs
+        return self._zero_runs[1]
 
     @property
     def dense_k(self) -> int:
@@ -255,7 +172,7 @@ class _Plan:
 
     def nbytes(self, shape: tuple[int, ...], dtype: str) -> int:
         """Exact bytes of the blob this plan builds."""
-        return _HEADER.size + len(_binary_meta(shape, dtype, self.meta, self.sizes)) + sum(self.sizes.values())
+        return HEADER.size + len(binary_meta(shape, dtype, self.meta, self.sizes)) + sum(self.sizes.values())
 
 
 def _plain_plan(f: _Facts) -> _Plan:
@@ -285,9 +202,7 @@ def _sparse_plans(f: _Facts, allow_codebook: bool, allow_huffman: bool) -> list[
     plans = []
     for b in range(1, csr.MAX_GAP_BITS + 1):
         nfill = csr.fillers(f.runs, b)
-        gap_counts = np.bincount(f.runs & ((1 << b) - 1), minlength=1 << b)
-        gap_counts[-1] += nfill
-        gaps = _symbol_coding(gap_counts, 1 << b, allow_huffman, always=True)
+        gaps = _symbol_coding(csr.gap_counts(f.runs, b, nfill), 1 << b, allow_huffman, always=True)
         entries = f.nnz + nfill
         plans.append(_sparse_float_plan(f, b, entries, gaps))
         if allow_codebook and f.levels is not None:
@@ -395,214 +310,6 @@ def _le(bits: np.ndarray) -> np.ndarray:
     return bits.astype(bits.dtype.newbyteorder("<"), copy=False)
 
 
-# -- serialisation ---------------------------------------------------------------------------------------
-def to_blob(enc: EncodedWeight) -> np.ndarray:
-    """The weight as one uint8 array: fixed header, binary meta, sections."""
-    meta = enc.header_binary()
-    payload = meta + b"".join(enc.sections.values())
-    flags = _HALF_BOOK if enc.meta.get("book_dtype") == "float16" else 0
-    head = _HEADER.pack(MAGIC, VERSION, flags, len(meta), zlib.crc32(payload))
-    return np.frombuffer(head + payload, dtype=np.uint8).copy()
-
-
-def from_blob(blob: np.ndarray | bytes, name: str = "") -> EncodedWeight:
-    """Parse and check a blob from :func:`to_blob`; a :class:`CodecError` names whatever is wrong."""
-    try:
-        return _from_blob(bytes(np.asarray(blob, dtype=np.uint8).reshape(-1).data)
-                          if not isinstance(blob, bytes) else blob, name)
-    except CodecError as e:
-        raise CodecError(f"malformed packed weight {name!r}: {e}") from None
-
-
-def _from_blob(data: bytes, name: str) -> EncodedWeight:
-    if len(data) < _HEADER.size:
-        raise CodecError(f"truncated ({len(data)} bytes, the header alone is {_HEADER.size})")
-    magic, version, flags, meta_len, crc = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise CodecError(f"wrong magic {magic!r} (expected {MAGIC!r}): not an onnxcomp packed weight")
-    if version not in (_JSON_VERSION, VERSION):
-        raise CodecError(f"format version {version} is not supported (this onnxcomp reads versions "
-                         f"{_JSON_VERSION} and {VERSION})")
-    if flags & ~_HALF_BOOK or (flags and version == _JSON_VERSION):
-        raise CodecError(f"unknown flags {flags:#x}")
-    if _HEADER.size + meta_len > len(data):
-        raise CodecError(f"truncated: the meta block needs {meta_len} bytes, {len(data) - _HEADER.size} remain")
-    if zlib.crc32(data[_HEADER.size:]) != crc:
-        raise CodecError("CRC mismatch (the data is corrupt)")
-    raw = data[_HEADER.size:_HEADER.size + meta_len]
-    if version == _JSON_VERSION:
-        try:
-            doc = json.loads(raw.decode())
-        except (UnicodeDecodeError, ValueError):
-            raise CodecError("the meta block is not valid JSON") from None
-    else:
-        doc = _parse_binary_meta(raw)
-        if flags & _HALF_BOOK:
-            doc["book_dtype"] = "float16"
-    shape, dtype, meta, layout = _check_meta(doc)
-    offset = _HEADER.size + meta_len
-    if offset + sum(n for _, n in layout) != len(data):
-        raise CodecError(f"sections add up to {sum(n for _, n in layout)} bytes but {len(data) - offset} are stored")
-    sections = {}
-    for section, n in layout:
-        sections[section] = data[offset:offset + n]
-        offset += n
-    enc = EncodedWeight(shape, dtype, meta, sections, name)
-    _check_sections(enc)
-    return enc
-
-
-def _varints(values: list[int]) -> bytes:
-    """Unsigned LEB128."""
-    out = bytearray()
-    for v in values:
-        while True:
-            byte, v = v & 0x7F, v >> 7
-            out.append(byte | (0x80 if v else 0))
-            if not v:
-                break
-    return bytes(out)
-
-
-class _Reader:
-    def __init__(self, raw: bytes):
-        self.raw, self.at = raw, 0
-
-    def u8(self) -> int:
-        if self.at >= len(self.raw):
-            raise CodecError("the meta block is truncated")
-        self.at += 1
-        return self.raw[self.at - 1]
-
-    def varint(self) -> int:
-        value = shift = 0
-        while True:
-            byte = self.u8()
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise CodecError("a number in the meta block is too long")
-
-    def pick(self, names: tuple[str, ...], what: str) -> str:
-        code = self.u8()
-        if code >= len(names):
-            raise CodecError(f"unknown {what} code {code}")
-        return names[code]
-
-
-def _parse_binary_meta(raw: bytes) -> dict[str, Any]:
-    """The version-2 meta block as the same dict version 1 stored as JSON (then checked by ``_check_meta``)."""
-    r = _Reader(raw)
-    dtype, scheme = r.pick(_DTYPES, "dtype"), r.pick(_SCHEMES, "scheme")
-    ndim = r.varint()
-    if ndim > 32:
-        raise CodecError(f"invalid rank {ndim}")
-    doc: dict[str, Any] = {"dtype": dtype, "scheme": scheme, "shape": [r.varint() for _ in range(ndim)]}
-    if scheme == "codebook":
-        doc["k"] = r.varint()
-        doc["index_coding"] = r.pick(_INDEX_CODINGS, "index coding")
-    elif scheme == "sparse":
-        doc["count"], doc["k"], doc["gap_bits"] = r.varint(), r.varint(), r.u8()
-        doc["gap_coding"] = r.pick(_CODINGS, "gap coding")
-        if doc["k"]:
-            doc["index_coding"] = r.pick(_INDEX_CODINGS, "index coding")
-    if "index_coding" in doc:
-        doc["index_bits"] = max(0, doc["k"] - 1).bit_length()
-    count = r.varint()
-    if count > len(_SECTIONS):
-        raise CodecError(f"invalid section count {count}")
-    doc["sections"] = [[r.pick(_SECTIONS, "section"), r.varint()] for _ in range(count)]
-    if r.at != len(raw):
-        raise CodecError(f"{len(raw) - r.at} unread bytes at the end of the meta block")
-    return doc
-
-
-def _check_meta(doc: Any) -> tuple[tuple[int, ...], str, dict[str, Any], list[tuple[str, int]]]:
-    if not isinstance(doc, dict):
-        raise CodecError("the meta block is not a JSON object")
-    shape, dtype, layout = doc.get("shape"), doc.get("dtype"), doc.get("sections")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise CodecError(f"invalid shape {shape!r}")
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise CodecError(f"shape {shape} has more than {MAX_ELEMENTS} elements")
-    if dtype not in _DTYPES:
-        raise CodecError(f"invalid dtype {dtype!r}")
-    if not isinstance(layout, list) or not all(
-            isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and _is_int(s[1]) and s[1] >= 0
-            for s in layout):
-        raise CodecError("invalid section list")
-    meta = {k: v for k, v in doc.items() if k not in ("shape", "dtype", "sections")}
-    scheme = meta.get("scheme") if isinstance(meta.get("scheme"), str) else None
-    allowed = {
-        "plain": {"scheme"},
-        "codebook": {"scheme", "k", "index_coding", "index_bits"},
-        "sparse": {"scheme", "count", "k", "gap_bits", "gap_coding"} | (
-            {"index_coding", "index_bits"} if meta.get("k") != 0 else set()),
-    }.get(scheme)
-    if "book_dtype" in meta:  # a float16 codebook: only for float32/float64 weights that have a codebook
-        if meta["book_dtype"] != "float16" or dtype not in ("float32", "float64") or not meta.get("k"):
-            raise CodecError(f"a float16 codebook is invalid for a {dtype} weight of scheme {scheme!r} without one")
-        allowed = allowed | {"book_dtype"} if allowed is not None else None
-    if allowed is None or set(meta) != allowed:
-        raise CodecError(f"invalid scheme parameters {sorted(meta)} for scheme {scheme!r}")
-    size = math.prod(shape)
-    for key in ("k", "index_bits", "count", "gap_bits"):
-        if key in meta and not (_is_int(meta[key]) and meta[key] >= 0):
-            raise CodecError(f"invalid {key} {meta[key]!r}")
-    if scheme == "codebook" and not 1 <= meta["k"] <= MAX_CODEBOOK:
-        raise CodecError(f"invalid codebook size {meta['k']}")
-    if scheme == "sparse":
-        if meta["k"] > MAX_CODEBOOK or not 1 <= meta["gap_bits"] <= csr.MAX_GAP_BITS or meta["count"] > size:
-            raise CodecError("invalid sparse parameters (codebook size, gap width or entry count)")
-        if meta["gap_coding"] not in _CODINGS:
-            raise CodecError(f"invalid gap coding {meta['gap_coding']!r}")
-    if "index_coding" in meta:
-        k, bits, coding = meta["k"], meta["index_bits"], meta["index_coding"]
-        expected = ("none",) if k == 1 else _CODINGS
-        if coding not in expected or bits != max(0, k - 1).bit_length():
-            raise CodecError(f"invalid index coding {coding!r} / {bits} bits for a codebook of {k}")
-    return tuple(shape), dtype, meta, [(s[0], s[1]) for s in layout]
-
-
-def _check_sections(enc: EncodedWeight) -> None:
-    """Section names and sizes must be exactly what the parameters imply; Huffman tables must be valid."""
-    m, itemsize, size = enc.meta, np.dtype(enc.dtype).itemsize, enc.size
-    expected: dict[str, int | None] = {}  # None: a Huffman stream, checked against its table
-    count = size if m["scheme"] != "sparse" else m["count"]
-    if m["scheme"] == "plain" or (m["scheme"] == "sparse" and not m["k"]):
-        expected["values"] = count * itemsize
-    else:
-        expected["codebook"] = m["k"] * (2 if m.get("book_dtype") == "float16" else itemsize)
-        _expect_stream(expected, "indices", m["index_coding"], m["index_bits"], count)
-    if m["scheme"] == "sparse":
-        _expect_stream(expected, "gaps", m["gap_coding"], m["gap_bits"], count)
-    if list(enc.sections) != list(expected):
-        raise CodecError(f"sections {list(enc.sections)} do not match scheme {m['scheme']!r} ({list(expected)})")
-    for section, n in expected.items():
-        if n is not None and len(enc.sections[section]) != n:
-            raise CodecError(f"section {section!r} is {len(enc.sections[section])} bytes, expected {n}")
-        if section.endswith(".huffman"):
-            alphabet, symbols = huffman.parse_table(np.frombuffer(enc.sections[section], dtype=np.uint8))[:2]
-            limit = m["k"] if section == "indices.huffman" else 1 << m["gap_bits"]
-            if symbols != count or alphabet > limit:
-                raise CodecError(f"Huffman table {section!r} codes {symbols} symbols of {alphabet}, "
-                                 f"expected {count} below {limit}")
-
-
-def _expect_stream(expected: dict[str, int | None], name: str, coding: str, bits: int, count: int) -> None:
-    if coding == "packed":
-        expected[name] = packed_size(count, bits)
-    elif coding == "huffman":
-        expected[name] = None
-        expected[f"{name}.huffman"] = None
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 # -- decoding --------------------------------------------------------------------------------------------
 def decode_weight(enc: EncodedWeight) -> np.ndarray:
     """The weight, bit-exact: an array of ``enc.dtype`` and ``enc.shape``."""
@@ -631,10 +338,7 @@ def _decode(enc: EncodedWeight) -> np.ndarray:
                 raise CodecError(f"index {int(index.max())} outside the codebook of {book.size}")
             values = book[index]
     if m["scheme"] == "sparse":
-        gaps = _read_symbols(enc, "gaps", m["gap_coding"], m["gap_bits"], count)
-        dense = np.zeros(size, dtype=utype)
-        dense[csr.csr_positions(gaps, size)] = values
-        values = dense
+        values = csr.csr_decode(values, _read_symbols(enc, "gaps", m["gap_coding"], m["gap_bits"], count), size)
     values = values.astype(utype.newbyteorder("="), copy=not values.flags.writeable)
     return values.view(enc.dtype).reshape(enc.shape)
 

@@ -64,12 +64,6 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    with staged_dir(path) as stage:
-        (stage / path.name).write_text(text, encoding="utf-8")
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

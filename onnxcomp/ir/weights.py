@@ -11,7 +11,6 @@ A weight used by several nodes is *shared*: a pass that changes it for one consu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,12 +147,6 @@ def dequantized_codes(model: Model) -> list[Weight]:
                 if slot == 0 and is_standard(node, "DequantizeLinear"):
                     dequantized.add(id(tensor))
     return [w for key, w in found.items() if key in dequantized]
-
-
-def iter_weights(model: Model, role: str | None = None) -> Iterator[Weight]:
-    for w in weight_table(model):
-        if role is None or w.role == role:
-            yield w
 
 
 def _held_tensor(tensor: gs.Tensor) -> tuple[gs.Constant, gs.Node | None] | None:
