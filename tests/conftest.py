@@ -19,6 +19,23 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    """CLI tests check the one-line error contract, which ONNXCOMP_DEBUG=1 (tracebacks) would break."""
+    monkeypatch.delenv("ONNXCOMP_DEBUG", raising=False)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``onnxcomp ARGS`` in process: (exit code, stdout, stderr)."""
+    from onnxcomp.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = exc.value.code
+    return (0 if code is None else code), out, err
+
+
 def run_ort(model, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     from onnxcomp.runtime import session
 

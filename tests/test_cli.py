@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from onnxcomp.cli import main
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -24,19 +25,6 @@ RESCNN = MODELS / "mnist_rescnn.onnx"
 MNIST_CALIB = DATA / "mnist_calib.npz"
 MNIST_TEST = DATA / "mnist_test.npz"
 DIGITS_CALIB = DATA / "digits_calib.npz"
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("ONNXCOMP_DEBUG", raising=False)
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (0 if code is None else code), out, err
 
 
 def _strict_json(text: str):

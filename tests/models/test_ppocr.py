@@ -4,16 +4,12 @@ Skipped unless ``pip install --no-deps rapidocr-onnxruntime==1.4.4`` is installe
 (only its model files are used; the package itself imports cv2, so it is located
 with importlib rather than imported).
 """
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
 ort = pytest.importorskip("onnxruntime")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import ppocr  # noqa: E402
+from models import ppocr  # noqa: E402  (tests/conftest.py puts the repository root on sys.path)
 
 try:
     PATHS = ppocr.model_paths()

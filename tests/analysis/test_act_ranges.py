@@ -1,4 +1,6 @@
-"""Activation range methods on synthetic distributions with known answers, and the signed streaming histogram."""
+"""Activation range methods (``onnxcomp/analysis/act_ranges.py``) on synthetic distributions with known answers:
+minmax, percentile, entropy (KL), MSE, quantization parameters. The streaming histogram they read is
+``tests/calibration/test_stats.py``'s."""
 
 from __future__ import annotations
 
@@ -15,15 +17,9 @@ from onnxcomp.analysis.act_ranges import (
     quant_params,
 )
 from onnxcomp.calibration.stats import RunningStats
+from tests.helpers import streamed_stats
 
 GRIDS = [UINT8_ASYMMETRIC, INT8_SYMMETRIC]
-
-
-def _stats(x: np.ndarray, chunks: int = 5) -> RunningStats:
-    stats = RunningStats(channels=False)
-    for c in np.array_split(x, chunks):  # streaming, with range doubling on the way
-        stats.update(c)
-    return stats
 
 
 def _gauss_with_outliers(seed: int = 0) -> np.ndarray:
@@ -33,28 +29,19 @@ def _gauss_with_outliers(seed: int = 0) -> np.ndarray:
     return x
 
 
-def test_signed_histogram_halves_and_zeros() -> None:
-    x = np.concatenate([np.zeros(50), np.random.default_rng(1).standard_normal(1000) * 3])
-    stats = _stats(x)
-    assert stats.hist_pos.sum() == np.count_nonzero(x >= 0) and stats.hist_neg.sum() == np.count_nonzero(x < 0)
-    np.testing.assert_array_equal(stats.hist, stats.hist_pos + stats.hist_neg)
-    assert stats.zeros == 50
-    assert stats.hist_range >= np.abs(x).max()
-
-
 @pytest.mark.parametrize("grid", GRIDS)
 def test_minmax_is_exact(grid) -> None:
     x = np.random.default_rng(2).normal(1.0, 2.0, 10_000)
-    assert activation_range(_stats(x), "minmax", grid) == (x.min(), x.max())
+    assert activation_range(streamed_stats(x), "minmax", grid) == (x.min(), x.max())
     relu = np.maximum(x, 0)
-    assert activation_range(_stats(relu), "minmax", grid) == (0.0, relu.max())  # 0 always in the range
+    assert activation_range(streamed_stats(relu), "minmax", grid) == (0.0, relu.max())  # 0 always in the range
     positive = np.abs(x) + 1.0
-    assert activation_range(_stats(positive), "minmax", grid) == (0.0, positive.max())
+    assert activation_range(streamed_stats(positive), "minmax", grid) == (0.0, positive.max())
 
 
 def test_percentile_within_one_bin() -> None:
     x = np.random.default_rng(3).gamma(2.0, 1.5, 50_000) - 1.0  # skewed, signed
-    stats = _stats(x)
+    stats = streamed_stats(x)
     width = stats.hist_range / stats.bins
     lo, hi = activation_range(stats, "percentile", UINT8_ASYMMETRIC, percentile=99.0)
     assert abs(lo - np.percentile(x, 1.0)) <= width and abs(hi - np.percentile(x, 99.0)) <= width
@@ -66,7 +53,7 @@ def test_percentile_within_one_bin() -> None:
 @pytest.mark.parametrize("grid", GRIDS)
 def test_entropy_and_mse_clip_outlier_tails(grid) -> None:
     x = _gauss_with_outliers()
-    stats = _stats(x)
+    stats = streamed_stats(x)
     for method in ("entropy", "mse"):
         lo, hi = activation_range(stats, method, grid)
         assert 3.0 < hi < 0.9 * x.max() and 0.9 * x.min() < lo < -3.0, (method, lo, hi)
@@ -88,7 +75,7 @@ def test_mse_never_worse_than_minmax(grid, seed) -> None:
         np.maximum(rng.standard_normal(50_000), 0),
         rng.uniform(-1, 3, 50_000),
     ][seed]
-    stats = _stats(x)
+    stats = streamed_stats(x)
     mse_range = activation_range(stats, "mse", grid)
     assert expected_mse(stats, *mse_range, grid) <= expected_mse(
         stats, *activation_range(stats, "minmax", grid), grid
@@ -97,7 +84,7 @@ def test_mse_never_worse_than_minmax(grid, seed) -> None:
 
 def test_expected_mse_matches_simulated_rounding() -> None:
     x = np.random.default_rng(5).laplace(0, 1, 100_000)
-    stats = _stats(x)
+    stats = streamed_stats(x)
     lo, hi = activation_range(stats, "mse", UINT8_ASYMMETRIC)
     scale, zp = quant_params(lo, hi, UINT8_ASYMMETRIC)
     q = np.clip(np.round(x / scale) + zp, 0, 255)
@@ -118,42 +105,12 @@ def test_quant_params() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_empty_and_constant_tensors(method) -> None:
     assert activation_range(RunningStats(), method, UINT8_ASYMMETRIC) == (0.0, 0.0)
-    lo, hi = activation_range(_stats(np.full(100, 2.5)), method, UINT8_ASYMMETRIC)
+    lo, hi = activation_range(streamed_stats(np.full(100, 2.5)), method, UINT8_ASYMMETRIC)
     assert lo == 0.0 and 0.0 < hi <= 2.5 + 1e-9
 
 
 def test_bad_method() -> None:
     with pytest.raises(ValueError, match="method must be one of"):
-        activation_range(_stats(np.ones(10)), "kl", UINT8_ASYMMETRIC)
+        activation_range(streamed_stats(np.ones(10)), "kl", UINT8_ASYMMETRIC)
 
 
-def test_grouped_capture_gives_the_same_statistics(monkeypatch) -> None:
-    """collect_stats with a memory budget captures in several passes; the statistics do not change."""
-    from onnx import TensorProto, helper
-
-    from onnxcomp.calibration import stats as stats_module
-    from onnxcomp.calibration.data import CalibrationData
-    from onnxcomp.calibration.stats import collect_stats
-
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
-             helper.make_node("Sigmoid", ["b"], ["y"])]  # fmt: skip
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])])  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    rng = np.random.default_rng(4)
-    data = CalibrationData.from_source(
-        [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(3)], model
-    )
-    whole = collect_stats(model, ["a", "b", "y"], data, channels=False)
-    passes = []
-    real_capture = stats_module.capture
-    monkeypatch.setattr(
-        stats_module, "capture", lambda m, names, *a: passes.append(names) or real_capture(m, names, *a)
-    )
-    grouped = collect_stats(model, ["a", "b", "y"], data, channels=False, max_batch_bytes=8 * 64 * 4)
-    assert passes == [["a"], ["b"], ["y"]]  # one tensor of one batch fits the budget
-    for name in whole:
-        assert (whole[name].min, whole[name].max, whole[name].zeros) == (grouped[name].min, grouped[name].max,
-                                                                          grouped[name].zeros)  # fmt: skip
-        np.testing.assert_array_equal(whole[name].hist_pos, grouped[name].hist_pos)

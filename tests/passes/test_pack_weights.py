@@ -7,9 +7,6 @@ the lowered models must give identical outputs (max abs diff 0), not merely clos
 
 from __future__ import annotations
 
-import gc
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -28,17 +25,11 @@ from onnxcomp.passes import PackWeights, QuantizeWeights
 from onnxcomp.passes.base import PassContext
 from onnxcomp.passes.pack_weights import PackConfig
 from onnxcomp.recipe import load_recipe
+from tests.conftest import ROOT
+from tests.helpers import pruned_and_shared
 
-ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "models" / "mnist_lenet300.onnx"
 MNIST_TEST = ROOT / "models" / "data" / "mnist_test.npz"
-
-
-def _prune_and_share(w: np.ndarray, sparsity: float = 0.9, levels: int = 16) -> np.ndarray:
-    keep = np.abs(w) > np.quantile(np.abs(w), sparsity)
-    book = np.linspace(w[keep].min(), w[keep].max(), levels).astype(w.dtype)
-    nearest = np.abs(w[..., None] - book).argmin(axis=-1)
-    return np.where(keep, book[nearest], 0).astype(w.dtype)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +38,7 @@ def lenet() -> onnx.ModelProto:
     model = Model.load(LENET)
     for w in weight_table(model):
         if w.role == "weight":
-            w.set(_prune_and_share(w.array))
+            w.set(pruned_and_shared(w.array))
     return model.to_proto()
 
 
@@ -141,7 +132,7 @@ def test_must_not_fire_many_distinct_values(feed):
 
 
 def test_standard_uses_uint4_from_opset_21():
-    w = _prune_and_share(np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32), 0.5, 8)
+    w = pruned_and_shared(np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32), 0.5, 8)
     proto = _tiny_matmul(w, opset=21)
     out, result = _pack(proto, format="standard")
     inits = {t.name: t for t in out.graph.initializer}
@@ -152,7 +143,7 @@ def test_standard_uses_uint4_from_opset_21():
 
 
 def test_constant_node_and_shared_weights():
-    w = _prune_and_share(np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32))
+    w = pruned_and_shared(np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32))
     nodes = [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "W")),
              helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("MatMul", ["h", "W"], ["y"])]
     proto = _model(nodes, [], opset=17)
@@ -164,7 +155,7 @@ def test_constant_node_and_shared_weights():
 
 
 def test_weights_read_by_custom_ops_are_left_alone():
-    w = _prune_and_share(np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32))
+    w = pruned_and_shared(np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32))
     nodes = [helper.make_node("MatMul", ["x", "W"], ["y"]),
              helper.make_node("Foo", ["W"], ["z"], domain="com.example")]
     proto = _model(nodes, [numpy_helper.from_array(w, "W")], outputs=("y", "z"))
@@ -224,36 +215,6 @@ def _model(nodes, inits, opset: int = 17, outputs=("y",)) -> onnx.ModelProto:
 
 def _tiny_matmul(w: np.ndarray, opset: int = 17) -> onnx.ModelProto:
     return _model([helper.make_node("MatMul", ["x", "W"], ["y"])], [numpy_helper.from_array(w, "W")], opset)
-
-
-def test_runtime_decodes_in_subgraphs_and_keeps_buffers_alive():
-    """DecodeWeight in an If branch (decoded into that branch) and a main-graph one read from inside the branch."""
-    rng = np.random.default_rng(6)
-    w1, w2 = (_prune_and_share(rng.standard_normal((32, 32)).astype(np.float32)) for _ in range(2))
-    blob1, blob2 = (numpy_helper.from_array(to_blob(encode_weight(w)), n) for w, n in ((w1, "b1"), (w2, "b2")))
-    decode = {"domain": schema.DOMAIN, "shape": [32, 32], "dtype": TensorProto.FLOAT}
-    out = helper.make_tensor_value_info("t", TensorProto.FLOAT, None)
-    then = helper.make_graph([helper.make_node(schema.DECODE_OP, ["b2"], ["W2"], **decode),
-                              helper.make_node("MatMul", ["x", "W1"], ["h"]),
-                              helper.make_node("MatMul", ["h", "W2"], ["t"])], "then", [], [out])
-    other = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "else", [], [out])
-    nodes = [helper.make_node(schema.DECODE_OP, ["b1"], ["W1"], **decode),
-             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
-                                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [blob1, blob2])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(schema.DOMAIN, 1)])
-    proto.ir_version = 8
-    sess = runtime.InferenceSession(proto)
-    gc.collect()
-    x = rng.standard_normal((4, 32)).astype(np.float32)
-    want = _float_run(runtime.unpack(proto), {"x": x, "c": np.array(True)})
-    np.testing.assert_allclose(want, x @ w1 @ w2, rtol=1e-5, atol=1e-5)
-    for _ in range(3):
-        assert np.array_equal(sess.run(None, {"x": x, "c": np.array(True)})[0], want)
-    plain = runtime.unpack(proto)
-    assert {t.name for t in plain.graph.initializer} == {"W1"}  # b1/b2 gone; W2 lives in the branch
-    assert "ai.onnxcomp" not in {o.domain for o in plain.opset_import}
 
 
 # -- integer codes of quantized weights (quantize_weights -> DequantizeLinear) ------------------------------------

@@ -1,5 +1,6 @@
-"""Weight quantization: the grids of ``onnxcomp.numerics.qscheme``, the pass on tiny graphs (every lowering checked
-against onnxruntime bit for bit), GPTQ on real layers, and accuracy on the trained sample models."""
+"""quantize_weights: the pass on tiny graphs (every lowering checked against onnxruntime bit for bit), GPTQ on real
+layers, mixed precision, and accuracy on the trained sample models. The grids themselves are
+``tests/numerics/test_qscheme.py``'s; how a report counts quantized weights ``tests/measure/test_summary.py``'s."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from onnxcomp.errors import RecipeError
 from onnxcomp.ir.model import Model
 from onnxcomp.ir.weights import weight_table
 from onnxcomp.numerics import qscheme
-from onnxcomp.numerics.qscheme import QScheme
 from onnxcomp.numerics.retarget import layer_output_error
 from onnxcomp.passes.base import PassContext
 from onnxcomp.passes.quantize_weights import QuantizeWeights
@@ -26,143 +26,6 @@ from onnxcomp.recipe import load_recipe
 RNG = np.random.default_rng(0)
 CLEANUP = ["fold_constants", "eliminate_identity", "fold_batchnorm", "eliminate_dead"]
 TRAINED = {"mnist_rescnn": "mnist", "mnist_vgg": "mnist", "mnist_lenet300": "mnist", "digits_concat": "digits"}
-
-
-# -- qscheme --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
-def test_grids(bits: int) -> None:
-    """Symmetric: the restricted signed grid (binary {-1, +1} at 1 bit); asymmetric: 0 .. 2^b - 1."""
-    ramp = np.linspace(-1.0, 1.0, 1001, dtype=np.float32)
-    scheme = QScheme(bits, symmetric=True, per_channel=False)
-    scale, zp = qscheme.qparams(ramp, scheme)
-    q = qscheme.quantize(ramp, scale, zp, bits, True)
-    top = (1 << (bits - 1)) - 1
-    expected = {-1, 1} if bits == 1 else set(range(-top, top + 1))
-    assert set(np.unique(q)) == expected and zp == 0 and scheme.levels == len(expected)
-    if bits > 1:  # w -> -w maps the grid onto itself
-        np.testing.assert_array_equal(qscheme.quantize(-ramp, scale, zp, bits, True), -q)
-
-    skewed = np.linspace(-0.3, 1.0, 1001, dtype=np.float32)
-    scheme = QScheme(bits, symmetric=False, per_channel=False)
-    scale, zp = qscheme.qparams(skewed, scheme)
-    q = qscheme.quantize(skewed, scale, zp, bits, False)
-    assert set(np.unique(q)) == set(range(1 << bits)) and scheme.levels == 1 << bits
-    values = qscheme.dequantize(q, scale, zp)
-    assert np.unique(values).size == 1 << bits and values.dtype == np.float32
-
-
-@pytest.mark.parametrize("clip", ["none", "mse"])
-@pytest.mark.parametrize("per_channel", [True, False])
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
-def test_asymmetric_zero_is_exact(bits: int, per_channel: bool, clip: str) -> None:
-    w = RNG.standard_normal((6, 40)).astype(np.float32)
-    w[1] = np.abs(w[1]) + 0.5  # all positive
-    w[2] = -np.abs(w[2]) - 0.5  # all negative
-    w[3] = 0.0  # all zero
-    w[:, ::7] = 0.0  # zeros (padding, pruned weights) in every row
-    scale, zp = qscheme.qparams(w, QScheme(bits, False, per_channel), axis=0, clip_search=clip)
-    assert scale.shape == ((6,) if per_channel else ())
-    assert zp.dtype == np.int32 and np.all((zp >= 0) & (zp <= (1 << bits) - 1))
-    values = qscheme.dequantize(qscheme.quantize(w, scale, zp, bits, False), scale, zp)
-    assert np.all(values[w == 0] == 0.0)
-    if per_channel:
-        assert np.all(values[3] == 0.0)
-
-
-def test_per_channel_scales_follow_each_channel() -> None:
-    w = RNG.standard_normal((5, 64)) * (10.0 ** np.arange(-2, 3))[:, None]
-    w = w.astype(np.float32)
-    scheme = QScheme(4, True, per_channel=True)
-    scale, _ = qscheme.qparams(w, scheme)
-    np.testing.assert_allclose(scale, np.abs(w).max(axis=1) / 7, rtol=1e-6)
-    # The same scales along axis 1 of the transposed weight (Gemm transB=0, MatMul [K, N]).
-    np.testing.assert_array_equal(qscheme.qparams(w.T, scheme, axis=1)[0], scale)
-
-    def row_errors(per_channel: bool) -> np.ndarray:
-        s, z = qscheme.qparams(w, QScheme(4, True, per_channel))
-        values = qscheme.dequantize(qscheme.quantize(w, s, z, 4, True), s, z)
-        return np.linalg.norm(values - w, axis=1) / np.linalg.norm(w, axis=1)
-
-    channel, tensor = row_errors(True), row_errors(False)
-    assert np.all(channel < 0.2) and tensor[0] == 1.0  # per tensor, the smallest channel is all zeros
-
-
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_clip_search_is_never_worse(symmetric: bool, per_channel: bool) -> None:
-    """The MSE clip search includes alpha = 1, so no row gets worse; heavy tails get clearly better at 3-4 bits."""
-    w = RNG.standard_t(3, size=(16, 300)).astype(np.float32)
-    importance = RNG.random(300)
-    for bits in range(1, 9):
-        scheme = QScheme(bits, symmetric, per_channel)
-        for imp in (None, importance):
-            errors = []
-            for clip in ("none", "mse"):
-                s, z = qscheme.qparams(w, scheme, 0, clip, imp)
-                diff = qscheme.dequantize(qscheme.quantize(w, s, z, bits, symmetric), s, z).astype(np.float64) - w
-                weighted = diff**2 * (1.0 if imp is None else imp)
-                errors.append(weighted.sum(axis=1) if per_channel else weighted.sum())
-            assert np.all(errors[1] <= errors[0] * (1 + 1e-9)), (bits, imp is None)
-            if bits in (3, 4) and imp is None:
-                assert np.sum(errors[1]) < 0.9 * np.sum(errors[0])
-
-
-def test_binary_is_sign_times_mean_magnitude() -> None:
-    w = RNG.standard_normal((4, 50)).astype(np.float32)
-    for clip in ("none", "mse"):
-        scale, zp = qscheme.qparams(w, QScheme(1, True, True), clip_search=clip)
-        np.testing.assert_allclose(scale, np.abs(w).mean(axis=1), rtol=1e-6)
-        q = qscheme.quantize(w, scale, zp, 1, True)
-        np.testing.assert_array_equal(q, np.where(w >= 0, 1, -1))
-
-
-@pytest.mark.parametrize(
-    ("elem", "opset", "scale_dtype", "axis"),
-    [
-        (TensorProto.INT8, 13, np.float32, 0),
-        (TensorProto.UINT8, 13, np.float32, 1),
-        (TensorProto.UINT8, 10, np.float32, None),
-        (TensorProto.INT4, 21, np.float32, 0),
-        (TensorProto.UINT4, 21, np.float32, 1),
-        (TensorProto.INT2, 25, np.float32, 0),
-        (TensorProto.INT8, 19, np.float16, 0),
-    ],
-)
-def test_dequantize_is_bit_identical_to_onnxruntime(elem: int, opset: int, scale_dtype, axis: int | None) -> None:
-    bits = qscheme.storage_bits(elem)
-    signed = elem in (TensorProto.INT8, TensorProto.INT4, TensorProto.INT2)
-    w = (RNG.standard_normal((6, 10)) * RNG.random((6, 1))).astype(scale_dtype)
-    scheme = QScheme(bits, signed, axis is not None)
-    scale, zp = qscheme.qparams(w, scheme, axis or 0)
-    q = qscheme.quantize(w, scale, zp, bits, signed, axis or 0)
-    dtype = helper.tensor_dtype_to_np_dtype(elem)
-    inits = [
-        numpy_helper.from_array(q.astype(dtype), "q"),
-        numpy_helper.from_array(scale, "s"),
-        numpy_helper.from_array(np.asarray(zp).astype(dtype), "z"),
-    ]
-    node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], **({} if axis is None else {"axis": axis}))
-    out = helper.make_tensor_value_info("w", helper.np_dtype_to_tensor_dtype(np.dtype(scale_dtype)), None)
-    proto = helper.make_model(
-        helper.make_graph([node], "g", [], [out], inits), opset_imports=[helper.make_opsetid("", opset)]
-    )
-    proto.ir_version = 12 if opset >= 25 else 10 if opset >= 21 else 8
-    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
-    want = qscheme.dequantize(q, scale, zp, axis or 0)
-    assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
-
-
-def test_storage_type() -> None:
-    assert qscheme.storage_type(4, True, 17) == TensorProto.INT8
-    assert qscheme.storage_type(3, False, 17) == TensorProto.UINT8
-    assert qscheme.storage_type(4, True, 21) == TensorProto.INT4
-    assert qscheme.storage_type(4, False, 21) == TensorProto.UINT4
-    assert qscheme.storage_type(5, True, 21) == TensorProto.INT8
-    assert qscheme.storage_type(2, True, 21) == TensorProto.INT4
-    assert qscheme.storage_type(2, False, 25) == TensorProto.UINT2
-    assert qscheme.storage_type(1, True, 25) == TensorProto.INT2
-    with pytest.raises(ValueError, match="bits must be an integer from 1 to 8"):
-        QScheme(9)
 
 
 # -- the pass on tiny graphs ----------------------------------------------------------------------------------
@@ -599,24 +462,6 @@ def test_mixed_precision_needs_calibration() -> None:
         compress(model_path("mnist_lenet300"), recipe={"passes": [{"quantize_weights": {"bits": "auto"}}]})
 
 
-def test_report_counts_quantized_weights_with_their_bits() -> None:
-    """Quantized kernels show up in the size sections and in the per-layer table with their width, also when the
-    codes are packed into a blob."""
-    from onnxcomp.measure.summary import layer_rows, size_by_section
-
-    for recipe, limit in (([*CLEANUP, {"quantize_weights": {"bits": 3}}], 9216 + 32 * 4),  # int8 codes + scales
-                          ([*CLEANUP, {"quantize_weights": {"bits": 3}}, {"pack_weights": {"min_elements": 256}}],
-                           9216 * 3 // 8 + 32 * 4 + 64)):  # 3-bit codes packed, a blob header
-        model = compress(model_path("mnist_rescnn"), recipe={"passes": recipe}).model
-        rows = {r.layer: r for r in layer_rows(model) if r.role == "weight"}
-        conv = rows["/block2/conv2/Conv"]
-        assert conv.bits == 3 and conv.params == 9216 and conv.shape == [32, 32, 3, 3]
-        assert conv.bytes <= limit
-        assert rows["/stem/stem.0/Conv"].bits is None  # below min_elements: float
-        sizes = size_by_section(model.to_proto())
-        assert sizes["quantized tensors"] > 0
-
-
 def test_paddle_export_at_opset_11_is_converted_for_per_channel_scales() -> None:
     """PP-OCR cls (Paddle export, opset 11, Softmax whose semantics changed at 13): the model is converted by
     onnx's version converter so per-channel DequantizeLinear (opset 13) can be used; outputs stay close."""
@@ -632,13 +477,3 @@ def test_paddle_export_at_opset_11_is_converted_for_per_channel_scales() -> None
     assert fidelity.outputs[0].cosine > 0.999 and fidelity.outputs[0].top1_agreement == 1.0
 
 
-def test_int4_model_still_exports_after_a_summary() -> None:
-    """Reading INT4 codes (report, packing) must not cache them in the graph: graphsurgeon would then export the
-    unpacked bytes and onnx rejects the tensor."""
-    from onnxcomp.measure.summary import layer_rows
-
-    result = compress(model_path("mnist_rescnn"), recipe={"passes": [{"quantize_weights": {"bits": 4, "opset": 21}}]})
-    rows = [r for r in layer_rows(result.model) if r.bits == 4]
-    assert rows and all(r.bytes < r.params for r in rows)  # int4: two codes a byte, plus scales
-    proto = result.model.to_proto()
-    assert TensorProto.INT4 in {t.data_type for t in proto.graph.initializer}

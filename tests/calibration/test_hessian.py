@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.calibration.data import CalibrationData
-from onnxcomp.calibration.hessian import LayerHessian, collect_hessians, pooled, supports
+from onnxcomp.calibration.hessian import collect_hessians, pooled, supports
 from onnxcomp.ir.model import Model
 from onnxcomp.ir.weights import weight_table
-from onnxcomp.numerics.retarget import retarget, retarget_ridge
 from tests.conftest import run_ort
 
 RNG = np.random.default_rng(0)
@@ -118,48 +115,3 @@ def test_folds_keep_each_run_of_feeds_and_pool_to_the_whole() -> None:
         np.testing.assert_allclose(getattr(whole, field), getattr(plain, field), rtol=1e-6, atol=1e-9)
 
 
-def _moments(x_new: np.ndarray, x_ref: np.ndarray) -> LayerHessian:
-    n, d = x_new.shape
-    return LayerHessian("Gemm", (3, d), 1, (x_new.T @ x_new / n)[None], count=n, C=(x_new.T @ x_ref / n)[None],
-                        mean=x_new.mean(0)[None], ref_mean=x_ref.mean(0)[None])
-
-
-def _with_parts(runs: list[tuple[np.ndarray, np.ndarray]]) -> LayerHessian:
-    parts = [_moments(a, b) for a, b in runs]
-    return replace(pooled(parts), parts=parts)
-
-
-def _error(W: np.ndarray, x_new: np.ndarray, x_ref: np.ndarray, target: np.ndarray) -> float:
-    return float(((x_new @ W[0].T - x_ref @ target[0].T) ** 2).sum(1).mean())
-
-
-def test_retarget_ridge_is_cross_validated() -> None:
-    """A systematic change of a layer's inputs (many samples) is retargeted with a light ridge; inputs changed by
-    noise that new samples do not share, seen on fewer samples than inputs, are not fitted (the fixed light ridge
-    learnt the noise and reproduced new samples worse than the original weights)."""
-    rng = np.random.default_rng(1)
-    d = 24
-    W = rng.normal(size=(1, 3, d))
-    mix = np.eye(d) + 0.3 * rng.normal(size=(d, d))
-
-    def runs(n: int, change):
-        out = []
-        for _ in range(4):
-            x = rng.normal(size=(n, d))
-            out.append((change(x), x))
-        return out
-
-    fresh = rng.normal(size=(4000, d))
-    systematic = _with_parts(runs(500, lambda x: x @ mix + 1.0))
-    assert retarget_ridge(systematic, W) == 1.0
-    assert retarget_ridge(systematic.centered(), W) == 1.0  # the parts are centered by the fit, not twice
-    fitted = retarget(systematic, W)
-    moved = fresh @ mix + 1.0  # affine, and this layer has no bias: not exactly reproducible
-    assert _error(fitted, moved, fresh, W) < 0.05 * _error(W, moved, fresh, W)
-
-    noisy = _with_parts(runs(5, lambda x: x + rng.normal(size=x.shape)))
-    ridge = retarget_ridge(noisy, W)
-    assert ridge is None or ridge >= 100
-    noise = fresh + rng.normal(size=fresh.shape)
-    light = retarget(replace(noisy, parts=None), W)  # no parts: the caller's dampening, as before
-    assert _error(retarget(noisy, W), noise, fresh, W) < _error(light, noise, fresh, W)

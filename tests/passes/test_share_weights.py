@@ -1,14 +1,14 @@
-"""Weight sharing: 1-D k-means against brute force and scikit-learn, and the pass on the trained MNIST models."""
+"""share_weights: centroid refinement against the normal equations, the pass on tiny graphs (recorded errors match
+onnxruntime, must-not-fire, float16 and shared weights, option errors), and on the trained MNIST models (accuracy,
+refinement, compensated and sequential assignment, bits: auto, float16 codebooks and biases). The 1-D k-means itself
+is ``tests/numerics/test_kmeans1d.py``'s."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from sklearn.cluster import KMeans
 
 from models.paths import data_path, model_path
 from onnxcomp.api import compress, evaluate
@@ -17,9 +17,8 @@ from onnxcomp.calibration.hessian import LayerHessian, collect_hessians
 from onnxcomp.errors import RecipeError
 from onnxcomp.ir.model import Model
 from onnxcomp.ir.weights import weight_table
-from onnxcomp.numerics.kmeans1d import kmeans1d
 from onnxcomp.numerics.retarget import layer_output_error
-from onnxcomp.passes.base import PassContext, PassResult
+from onnxcomp.passes.base import PassContext
 from onnxcomp.passes.share_weights import ShareWeights, _refine
 from onnxcomp.recipe import load_recipe
 from onnxcomp.runtime import unpack
@@ -30,123 +29,6 @@ LENET = model_path("mnist_lenet300")
 CALIB = data_path("mnist_calib")
 TEST = data_path("mnist_test")
 CLEANUP = ["fold_constants", "eliminate_identity", "fold_batchnorm", "eliminate_dead"]
-
-
-# -- kmeans1d --------------------------------------------------------------------------------------------
-def _brute_force(x: np.ndarray, k: int) -> float:
-    """Least squared error over every split of the sorted values into k contiguous runs."""
-    xs = np.sort(x)
-    best = np.inf
-    for cuts in itertools.combinations(range(1, xs.size), k - 1):
-        bounds = (0, *cuts, xs.size)
-        best = min(best, sum(((xs[a:b] - xs[a:b].mean()) ** 2).sum() for a, b in zip(bounds[:-1], bounds[1:])))
-    return best
-
-
-def _inertia(x: np.ndarray, centroids: np.ndarray) -> float:
-    return float((np.min(np.abs(x[:, None] - centroids[None, :]), axis=1) ** 2).sum())
-
-
-def test_exact_matches_brute_force_on_tiny_inputs() -> None:
-    rng = np.random.default_rng(1)
-    for trial in range(60):
-        n = int(rng.integers(3, 10))
-        k = int(rng.integers(2, min(n, 5) + 1))
-        # Every third case has repeated values (the DP then runs on weighted distinct points).
-        x = rng.integers(0, 5, n).astype(float) if trial % 3 == 0 else rng.standard_normal(n)
-        result = kmeans1d(x, k, "exact")
-        expected = 0.0 if np.unique(x).size <= k else _brute_force(x, k)
-        assert result.inertia == pytest.approx(expected, rel=1e-9, abs=1e-12), (x, k)
-        assert result.inertia == pytest.approx(_inertia(x, result.centroids), rel=1e-9, abs=1e-12)
-
-
-@pytest.mark.parametrize("dist", ["normal", "laplace", "uniform"])
-@pytest.mark.parametrize("k", [4, 16, 32])
-def test_exact_is_a_lower_bound_for_lloyd_and_sklearn(dist: str, k: int) -> None:
-    rng = np.random.default_rng(2)
-    x = getattr(rng, dist)(size=3000)
-    exact = kmeans1d(x, k, "exact").inertia
-    sklearn = KMeans(k, n_init=1, random_state=0).fit(x.reshape(-1, 1)).inertia_
-    assert exact <= sklearn * (1 + 1e-9)
-    for init in ("linear", "random", "density"):
-        lloyd = kmeans1d(x, k, init)
-        assert exact <= lloyd.inertia * (1 + 1e-9)
-        # Lloyd stopped at a fixed point: every centroid is the mean of the values assigned to it.
-        means = np.bincount(lloyd.labels, weights=x) / np.bincount(lloyd.labels)
-        np.testing.assert_allclose(lloyd.centroids, means, rtol=1e-9, atol=1e-12)
-
-
-@pytest.mark.parametrize("dist", ["normal", "laplace", "uniform"])
-def test_linear_lloyd_matches_sklearn_at_small_k(dist: str) -> None:
-    """At k = 4 linear-init Lloyd is within 1% of scikit-learn's k-means++ Lloyd.
-
-    Not at larger k: linear initialisation spends centroids on the sparse tails on purpose (Deep Compression:
-    large weights matter), and Lloyd keeps them there. Measured on Gaussian/Laplace/t3 samples and the MNIST
-    models' kernels: 1.045 x the optimum at k=8 and 1.48 x at k=32 on average, against scikit-learn's 1.03 x
-    and 1.06 x; at 2 bits it still gives the best accuracy after sharing (see the pass's report).
-    """
-    x = getattr(np.random.default_rng(2), dist)(size=3000)
-    sklearn = KMeans(4, n_init=1, random_state=0).fit(x.reshape(-1, 1)).inertia_
-    assert kmeans1d(x, 4, "linear").inertia <= sklearn * 1.01
-
-
-def test_exact_on_a_histogram_is_close_to_the_full_dp() -> None:
-    x = np.random.default_rng(3).laplace(size=20000)
-    full = kmeans1d(x, 16, "exact")
-    binned = kmeans1d(x, 16, "exact", exact_limit=2000, bins=1024)
-    assert full.method == "dp" and binned.method == "dp-histogram"
-    assert full.inertia <= binned.inertia <= full.inertia * (1 + 1e-3)
-
-
-def test_labels_point_to_the_nearest_sorted_centroid() -> None:
-    x = RNG.standard_normal((40, 50))
-    result = kmeans1d(x, 8, "density")
-    assert result.labels.shape == x.shape
-    assert np.all(np.diff(result.centroids) > 0)
-    dist = np.abs(x[..., None] - result.centroids)
-    np.testing.assert_allclose(dist.min(-1), np.take_along_axis(dist, result.labels[..., None], -1)[..., 0])
-    assert np.bincount(result.labels.ravel()).min() > 0  # every centroid is used
-
-
-@pytest.mark.parametrize("init", ["linear", "random", "density", "exact"])
-def test_deterministic_for_a_seed(init: str) -> None:
-    x = RNG.standard_normal(5000)
-    a, b = kmeans1d(x, 16, init, seed=7), kmeans1d(x, 16, init, seed=7)
-    np.testing.assert_array_equal(a.centroids, b.centroids)
-    np.testing.assert_array_equal(a.labels, b.labels)
-    if init == "random":
-        assert not np.array_equal(a.centroids, kmeans1d(x, 16, init, seed=8).centroids)
-
-
-def test_fewer_values_than_k_and_all_equal() -> None:
-    few = kmeans1d(np.array([3.0, 1.0, 2.0, 1.0]), 8)
-    np.testing.assert_array_equal(few.centroids, [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(few.labels, [2, 0, 1, 0])
-    assert few.inertia == 0.0
-    same = kmeans1d(np.full(100, 0.25), 4, "exact")
-    np.testing.assert_array_equal(same.centroids, [0.25])
-    assert same.inertia == 0.0 and not same.labels.any()
-    assert kmeans1d(np.zeros(0), 4).centroids.size == 0
-
-
-@pytest.mark.parametrize("init", ["linear", "exact"])
-def test_float16_values(init: str) -> None:
-    x = (np.random.default_rng(1).standard_normal(4000) * 0.05).astype(np.float16)  # own stream: order-independent
-    result = kmeans1d(x, 16, init)
-    assert result.centroids.dtype == np.float64 and result.centroids.size == 16
-    shared = result.centroids.astype(np.float16)[result.labels]
-    assert np.unique(shared).size <= 16
-    # A 16-level Lloyd-Max quantizer of a Gaussian leaves ~0.098 relative error: the bound allows 20% above it.
-    assert np.linalg.norm(shared.astype(np.float64) - x) / np.linalg.norm(x.astype(np.float64)) < 0.12
-
-
-def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="k must be"):
-        kmeans1d(np.ones(3), 0)
-    with pytest.raises(ValueError, match="init"):
-        kmeans1d(np.ones(3), 2, "kmeans++")
-    with pytest.raises(ValueError, match="finite"):
-        kmeans1d(np.array([1.0, np.nan, 2.0]), 2)
 
 
 # -- centroid refinement ---------------------------------------------------------------------------------
@@ -368,21 +250,39 @@ def test_compensated_assignment_lowers_output_error() -> None:
 
 
 @pytest.mark.parametrize("compensate", [False, True])
-def test_width_search_scores_what_will_be_applied(compensate: bool) -> None:
+def test_width_search_scores_what_will_be_applied(compensate: bool, monkeypatch) -> None:
     """bits: auto prices each width with the assignment rule 5 will use: with compensate the GPTQ-style one (a
-    lower output error than nearest centroids), without it nearest centroids; both equal the applied weights."""
-    model = Model.load(LENET)
-    data = CalibrationData.from_source(CALIB, model.to_proto()).take(4)
-    w = next(k for k in weight_table(model) if k.name == "fc2.weight")
-    h = collect_hessians(model, [w], data)["fc2.weight"].centered()
-    original = w.array.copy()
-    share = ShareWeights(ShareWeights.Config(bits=3, compensate=compensate, codebook_dtype="weight"))
-    ctx = PassContext(calibration=data)
-    values, _ = share._candidate(w, original, 3, h, ctx)
-    plain, _ = ShareWeights(ShareWeights.Config(bits=3, codebook_dtype="weight"))._candidate(w, original, 3, h, ctx)
+    lower output error than nearest centroids), without it nearest centroids; both equal the applied weights.
+    What is priced is what the pass's candidate function gives ``width_search.search_widths``."""
+    from onnxcomp.passes import share_weights
+
+    priced = {}
+    search = share_weights.search_widths
+
+    def recording_search(model, items, ctx, result, choices, candidate, *args, **kwargs):
+        def recorded(w, array, bits, h, c):
+            values, nbytes = candidate(w, array, bits, h, c)
+            priced[(w.name, bits)] = (values.copy(), h, array.copy())
+            return values, nbytes
+        return search(model, items, ctx, result, choices, recorded, *args, **kwargs)
+
+    monkeypatch.setattr(share_weights, "search_widths", recording_search)
+    data = CalibrationData.from_source(CALIB, Model.load(LENET).to_proto()).take(4)
+
+    def share(comp: bool) -> tuple[np.ndarray, LayerHessian, np.ndarray, np.ndarray]:
+        """fc2 alone shared with bits: auto at the single choice 3: (priced values, Hessian, original, applied)."""
+        model = Model.load(LENET)
+        config = ShareWeights.Config(bits="auto", choices=(3,), compensate=comp, codebook_dtype="weight",
+                                     exclude=("fc1.weight", "fc3.weight"))
+        ShareWeights(config).run(model, PassContext(calibration=data))
+        values, h, original = priced.pop(("fc2.weight", 3))
+        return values, h, original, next(k for k in weight_table(model) if k.name == "fc2.weight").array
+
+    values, h, original, applied = share(compensate)
+    plain = share(False)[0]
+    assert h.is_centered  # fc2 has a bias: its fit is on the centered statistics (rule 9)
     assert (layer_output_error(h, original, values) < layer_output_error(h, original, plain)) == compensate
-    share._apply(share._plan(w, original, 3, ctx, PassResult(modified=False)), h, PassResult(modified=False))
-    np.testing.assert_array_equal(w.array, values)
+    np.testing.assert_array_equal(applied, values)
 
 
 def test_sequential_sharing_corrects_upstream_error() -> None:
@@ -396,24 +296,6 @@ def test_sequential_sharing_corrects_upstream_error() -> None:
         kernels = [w.array for w in weight_table(result.model) if w.role == "weight"]
         assert all(np.unique(k[k != 0]).size <= 4 for k in kernels)
     assert cosines[True] > cosines[False]
-
-
-def test_retargeting_keeps_a_layer_whose_inputs_did_not_change() -> None:
-    """Against a reference that is the model itself, re-targeting has nothing to correct: the weights to cluster
-    are the layer's own on every input that varies (the refit onto the nonzeros pulls towards the re-targeted
-    weights instead of shrinking them towards zero; weights on constant inputs go, the bias takes them)."""
-    model = Model.load(LENET)
-    data = CalibrationData.from_source(CALIB, model.to_proto()).take(8)
-    w = next(k for k in weight_table(model) if k.name == "fc2.weight")
-    h = collect_hessians(model, [w], data, reference=model.copy(), folds=4)["fc2.weight"].centered()
-    share = ShareWeights(ShareWeights.Config(bits=3, sequential=True))
-    ctx = PassContext(calibration=data)
-    original = w.array.copy()
-    plan = share._retarget(share._plan(w, original, 3, ctx, PassResult(modified=False)), h, ctx)
-    live = np.diag(h.H[0]) > 0  # fc2 is a Gemm with transB: columns are inputs
-    assert 10 < live.sum() < live.size
-    np.testing.assert_allclose(plan.original[:, live], original[:, live], rtol=1e-4, atol=1e-7)
-    assert np.all(plan.original[:, ~live] == 0)
 
 
 # -- bits: auto ------------------------------------------------------------------------------------------
@@ -468,6 +350,22 @@ def test_zero_is_a_level_for_near_zero_weights() -> None:
     assert half[2] != out[2]  # 0.3 is not a float16
     big = _values(values, np.ones(5, bool), centroids * 1e6, labels, np.float32, half=True)
     np.testing.assert_array_equal(big, np.float32([0.0, 0.0, 3e5, -2e5, 1e6]))  # beyond float16: not rounded
+
+
+def test_a_channel_of_near_zero_weights_stays_zero() -> None:
+    """Rule 6 through the pass: an output channel of ~0 weights (a BN-folded channel with gamma ~0) becomes exactly
+    0.0 instead of jumping to the smallest centroid; the other channels get the codebook's values."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((20, 20)).astype(np.float32)
+    w[5] = rng.standard_normal(20).astype(np.float32) * 1e-6
+    model = Model.load(_gemm_model({"w": w}))
+    result = ShareWeights(ShareWeights.Config(bits=2, refine=False, codebook_dtype="weight")).run(model, PassContext())
+    (record,) = result.records
+    shared = weight_table(model)[0].array
+    assert np.all(shared[5] == 0.0)
+    levels = np.unique(shared[shared != 0])
+    assert levels.size == record["distinct_after"] <= 4
+    assert np.abs(levels).min() > 1e3 * np.abs(w[5]).max()  # the nearest centroid is far from the channel's values
 
 
 def test_float16_codebooks_pack_at_half_size() -> None:

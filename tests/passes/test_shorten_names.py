@@ -8,14 +8,14 @@ import pytest
 
 from onnxcomp.api import compress
 from tests.conftest import run_ort
-from tests.test_model_io import _all_nodes, _if_model, _loop_model, _save
+from tests.helpers import all_nodes, if_model, loop_model, save
 
 RECIPE = {"name": "short", "passes": ["shorten_names"]}
 
 
 def _names(proto: onnx.ModelProto) -> set[str]:
     out = set()
-    for node in _all_nodes(proto.graph):
+    for node in all_nodes(proto.graph):
         out.update(n for n in [*node.input, *node.output] if n)
     return out
 
@@ -48,12 +48,12 @@ def test_keep_glob_and_node_names_drop(root, tmp_path):
 
 
 @pytest.mark.parametrize("build, feed", [
-    (_if_model, {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "cond": np.array(True)}),
-    (_if_model, {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "cond": np.array(False)}),
-    (_loop_model, {"x": np.ones((1, 4), np.float32)}),
+    (if_model, {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "cond": np.array(True)}),
+    (if_model, {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "cond": np.array(False)}),
+    (loop_model, {"x": np.ones((1, 4), np.float32)}),
 ])
 def test_subgraphs_read_renamed_outer_tensors(tmp_path, build, feed):
-    src = _save(build(), tmp_path / "m.onnx")
+    src = save(build(), tmp_path / "m.onnx")
     compress(src, recipe=RECIPE, output=tmp_path / "s.onnx")
     out = onnx.load(tmp_path / "s.onnx")
     onnx.checker.check_model(out)
@@ -67,7 +67,7 @@ def test_does_not_fire_when_every_tensor_is_interface(tmp_path):
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
     )
-    src = _save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    src = save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     result = compress(src, recipe=RECIPE, output=tmp_path / "s.onnx")
     assert not result.report.passes[0].modified
     assert result.report.passes[0].summary.startswith("0 tensors renamed")
