@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxcomp.calibration.data import CalibrationData, input_specs
+from onnxcomp.calibration.data import CalibrationData, calibration_files, input_specs
+from onnxcomp.errors import CalibrationError, ModelLoadError, RecipeError, RunError
 from onnxcomp.ir.fileio import staged_dir
 from onnxcomp.ir.model import Model, check_output_files, needs_external_data, save_proto, write_model
 from onnxcomp.measure.fidelity import FidelityReport, Metric, compare
 from onnxcomp.measure.report import CompressReport, PassSummary
 from onnxcomp.measure.summary import LayerRow, layer_rows, size_by_section, summarize
 from onnxcomp.passes.base import Pass, PassContext
-from onnxcomp.recipe import Recipe, load_recipe
+from onnxcomp.recipe import Recipe, load_recipe, recipe_files
+from onnxcomp.runtime import session
 
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
 
@@ -75,20 +77,33 @@ def compress(
     metric: Metric | None = None,
     progress: bool = False,
     on_step: Callable[[int, Pass], None] | None = None,
+    allow_constant_calibration: bool = False,
 ) -> CompressResult:
-    """Run a recipe on a model; with ``output``, write the model and its ``.report.json``/``.report.md``."""
+    """Run a recipe on a model; with ``output``, write the model and its ``.report.json``/``.report.md``.
+    Calibration data that is constant throughout (all zeros) is refused unless ``allow_constant_calibration``
+    (then the report says so)."""
+    reads = [(p, "the recipe") for p in recipe_files(recipe)] + [(p, "the calibration data")
+                                                                  for p in calibration_files(calibration)]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise RecipeError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
     recipe = load_recipe(recipe)
     source_path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     model = Model.load(source)
     if output is not None:  # fail before the work, not after it
-        output = check_output_files(output, False, model.source_files)
+        output = check_output_files(output, False, model.source_files, reports=True, reads=reads)
     reference = model.to_proto()
     size_before = size_by_section(reference)
     layers_before = layer_rows(model)
 
     calib = held_back = None
+    constant_note = None
     if calibration is not None:
-        data = CalibrationData.from_source(calibration, reference)
+        data = CalibrationData.from_source(calibration, reference, allow_constant=allow_constant_calibration)
+        if allow_constant_calibration:
+            try:
+                data.check_informative(input_specs(reference))
+            except CalibrationError as e:
+                constant_note = f"{e.args[0].split(';')[0]}: allowed on request; its fidelity figures say little"
         calib, held_back = data.split(recipe.holdout)
     ctx = PassContext(calibration=calib, seed=seed, progress=progress)
     outcomes = recipe.pipeline().run(model, ctx, on_step=on_step)
@@ -99,6 +114,8 @@ def compress(
         for n in o.result.notes:
             raised.setdefault(n, {})[o.name] = None
     notes = [f"{', '.join(passes)}: {n}" for n, passes in raised.items()]
+    if constant_note:
+        notes.append(constant_note)
     if held_back is not None:
         fidelity_data = f"{held_back.num_samples} held-back calibration samples"
     else:
@@ -106,7 +123,21 @@ def compress(
         fidelity_data = f"{held_back.num_samples} seeded random samples (no calibration data)" if held_back else ""
         if held_back is None:
             notes.append("fidelity not measured: no calibration data and the inputs have free dimensions")
-    fidelity = compare(reference, result, held_back, metric, progress) if held_back is not None else None
+    fidelity = None
+    if held_back is not None:
+        try:
+            fidelity = compare(reference, result, held_back, metric, progress)
+        except ModelLoadError:
+            refusal = _onnxruntime_refusal(reference)  # an op onnxruntime does not know: passes leave it alone
+            if refusal is None:
+                raise
+            notes.append(f"fidelity not measured: {refusal}")
+            fidelity_data = ""
+        except (RunError, CalibrationError) as e:
+            if calib is not None:  # the user's data: their problem to hear about
+                raise
+            notes.append(f"fidelity not measured: seeded random feeds do not fit the model ({e})")
+            fidelity_data = ""
 
     report = CompressReport(
         recipe=recipe.name,
@@ -125,7 +156,7 @@ def compress(
     )
     if output is not None:
         external = needs_external_data(result)
-        check_output_files(output, external, model.source_files)
+        check_output_files(output, external, model.source_files, reports=True, reads=reads)
         with staged_dir(output) as stage:  # model, data and reports appear together or not at all
             write_model(result, stage / output.name, external)
             (stage / f"{output.name}.report.json").write_text(report.to_json(), encoding="utf-8")
@@ -133,11 +164,21 @@ def compress(
     return CompressResult(model, report)
 
 
-def evaluate(reference: ModelSource, candidate: ModelSource, data: Any, metric: Metric | None = None) -> FidelityReport:
+def evaluate(reference: ModelSource, candidate: ModelSource, data: Any, metric: Metric | None = None,
+             allow_constant: bool = False) -> FidelityReport:
     """Fidelity (and accuracy, when the data has labels) of ``candidate`` against ``reference``."""
     ref, cand = Model.load(reference).to_proto(), Model.load(candidate).to_proto()
-    calib = CalibrationData.from_source(data, ref)
+    calib = CalibrationData.from_source(data, ref, allow_constant=allow_constant)
     return compare(ref, cand, calib, metric)
+
+
+def _onnxruntime_refusal(proto: onnx.ModelProto) -> str | None:
+    """Why onnxruntime cannot load the original model (an unknown custom op), or None."""
+    try:
+        session(proto)
+    except ModelLoadError as e:
+        return str(e)
+    return None
 
 
 def synthetic_feeds(proto: onnx.ModelProto, seed: int, samples: int = 4) -> CalibrationData | None:
@@ -145,6 +186,9 @@ def synthetic_feeds(proto: onnx.ModelProto, seed: int, samples: int = 4) -> Cali
     rng = np.random.default_rng(seed)
     feeds = []
     specs = input_specs(proto)
+    inits = {t.name for t in proto.graph.initializer}
+    if any(not vi.type.tensor_type.HasField("shape") for vi in proto.graph.input if vi.name not in inits):
+        return None  # unknown rank: no shape to draw from
     for _ in range(samples):
         feed = {}
         for spec in specs:

@@ -81,9 +81,13 @@ def _print_groups(rows: list[dict], as_json: bool) -> None:
 @click.option("--recipe", default="cleanup", show_default=True,
               help="Built-in recipe name or YAML file; chain with +, e.g. slim+int8.")
 @click.option("--calib", "calib", default=None, help="Calibration data: .npz, or a folder of .npz feeds.")
-@click.option("--seed", default=0, show_default=True, help="Seed for every random choice.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=2**32 - 1),
+              help="Seed for every random choice.")
+@click.option("--allow-constant-calib", is_flag=True,
+              help="Accept calibration data that is constant throughout (e.g. all zeros); the report notes it.")
 @click.option("--quiet", is_flag=True, help="Print no report (it is still written beside the output).")
-def compress(model: str, output: str, recipe: str, calib: str | None, seed: int, quiet: bool) -> None:
+def compress(model: str, output: str, recipe: str, calib: str | None, seed: int, allow_constant_calib: bool,
+             quiet: bool) -> None:
     """Run a recipe on MODEL and write OUT, OUT.report.json and OUT.report.md."""
     bar = tqdm(total=None, desc="compress", unit="pass", disable=None, file=sys.stderr, leave=False)
 
@@ -93,7 +97,7 @@ def compress(model: str, output: str, recipe: str, calib: str | None, seed: int,
 
     try:
         result = api.compress(model, recipe=recipe, calibration=calib, output=output, seed=seed, on_step=on_step,
-                              progress=True)
+                              progress=True, allow_constant_calibration=allow_constant_calib)
     finally:
         bar.close()
     if not quiet:
@@ -107,9 +111,10 @@ def compress(model: str, output: str, recipe: str, calib: str | None, seed: int,
 @click.argument("candidate")
 @click.option("--data", required=True, help="Feeds (.npz or folder); a 'labels' array adds accuracy.")
 @click.option("--json", "as_json", is_flag=True)
-def eval_(reference: str, candidate: str, data: str, as_json: bool) -> None:
+@click.option("--allow-constant-calib", is_flag=True, help="Accept data that is constant throughout (e.g. all zeros).")
+def eval_(reference: str, candidate: str, data: str, as_json: bool, allow_constant_calib: bool) -> None:
     """Fidelity of CANDIDATE against REFERENCE (and accuracy when DATA has labels)."""
-    report = api.evaluate(reference, candidate, data)
+    report = api.evaluate(reference, candidate, data, allow_constant=allow_constant_calib)
     if as_json:
         click.echo(dumps_json(report.to_dict()), nl=False)
     else:
@@ -192,6 +197,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+_MAX_MESSAGE = 600  # characters of one error line: a message quoting a corrupt file's bytes is cut, not printed whole
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"onnxcomp: error: {' '.join(message.split())}", err=True)
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else "?"
+                   for c in " ".join(message.split()))
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE - 3] + "..."
+    click.echo(f"onnxcomp: error: {text}", err=True)
     sys.exit(code)

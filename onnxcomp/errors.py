@@ -36,5 +36,9 @@ class ComparisonError(OnnxcompError):
     """Two models cannot be compared: their outputs differ in names, count or shapes."""
 
 
+class RunError(OnnxcompError):
+    """onnxruntime failed while running the model on the given feeds (shapes or values it cannot compute)."""
+
+
 class CodecError(OnnxcompError):
     """A packed weight cannot be encoded or decoded (a corrupt or truncated blob, an invalid Huffman table)."""

@@ -18,6 +18,7 @@ files in ``onnxcomp/recipes/`` and are listed by ``onnxcomp recipes``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from onnxcomp.errors import RecipeError
+from onnxcomp.ir.fileio import exists
 from onnxcomp.passes import PASSES
 from onnxcomp.passes.base import Pass
 from onnxcomp.pipeline import Pipeline
@@ -79,20 +81,22 @@ def load_recipe(spec: str | os.PathLike | dict | Recipe) -> Recipe:
         return spec
     if isinstance(spec, dict):
         return parse_recipe(spec, "recipe")
-    if isinstance(spec, str) and "+" in spec and not Path(spec).exists():
+    if not isinstance(spec, (str, os.PathLike)):
+        raise RecipeError(f"a recipe is a built-in name, a YAML path, a dict or a Recipe, not a {type(spec).__name__}")
+    if isinstance(spec, str) and "+" in spec and not exists(spec):
         parts = [load_recipe(part) for part in spec.split("+") if part]
         if not parts:
             raise RecipeError(f"recipe '{spec}' names no recipe")
         return Recipe(name=spec, steps=tuple(s for r in parts for s in r.steps),
                       description=" + ".join(r.name for r in parts), holdout=max(r.holdout for r in parts))
     path = Path(spec)
-    if not path.suffix and (BUILTIN_DIR / f"{spec}.yaml").exists():
+    if not path.suffix and exists(BUILTIN_DIR / f"{spec}.yaml"):
         path = BUILTIN_DIR / f"{spec}.yaml"
-    elif not path.exists():
+    elif not exists(path):
         known = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml")))
         raise RecipeError(f"unknown recipe '{spec}': not a built-in recipe ({known}) nor an existing file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"cannot read recipe {path}: {e}") from None
     except yaml.YAMLError as e:
@@ -101,6 +105,27 @@ def load_recipe(spec: str | os.PathLike | dict | Recipe) -> Recipe:
         raise RecipeError(f"recipe {path} must be a mapping with a 'passes' list")
     data.setdefault("name", path.stem)
     return parse_recipe(data, f"recipe {path}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (YAML itself keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def recipe_files(spec: str | os.PathLike | dict | Recipe) -> list[Path]:
+    """The recipe files (not built-ins) that loading ``spec`` reads: outputs must not land on them."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return []
+    parts = [spec] if exists(spec) or not isinstance(spec, str) else spec.split("+")
+    return [Path(p) for p in parts if p and exists(p) and Path(p).suffix]
 
 
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
@@ -189,6 +214,8 @@ def _coerce(value: Any, type_: Any, where: str) -> Any:
     if type_ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if type_ is int:
         if isinstance(value, bool) or not isinstance(value, int):

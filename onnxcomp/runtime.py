@@ -27,8 +27,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxcomp.errors import CodecError, ModelLoadError
-from onnxcomp.ir.model import EXTERNAL_DATA_THRESHOLD, Model, save_proto, subgraphs
+from onnxcomp.errors import CodecError, ModelLoadError, RunError
+from onnxcomp.ir.model import EXTERNAL_DATA_THRESHOLD, Model, save_proto
+from onnxcomp.ir.proto import subgraphs
 from onnxcomp.kernels import reference, schema
 
 
@@ -51,7 +52,7 @@ def int8_pairs_saturate() -> bool:
 
 def session_options(threads: int = 0, optimize: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the user as exceptions (one line); the log would repeat them
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -99,12 +100,43 @@ def unpack(model: str | os.PathLike | onnx.ModelProto | Model) -> onnx.ModelProt
     A malformed blob raises :class:`~onnxcomp.errors.CodecError` naming the weight. The caller's ModelProto is
     not changed.
     """
-    return _decode_packed(model, external=False)[0]
+    return _decode_packed(_source(model), external=False)[0]
+
+
+def _source(model: Any) -> str | os.PathLike | onnx.ModelProto | Model:
+    """What the session builders take: a path, a ModelProto or a Model (serialized bytes are loaded here)."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return Model.load(bytes(model))
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto, Model)):
+        raise ModelLoadError(f"cannot load a model from a {type(model).__name__}: give a path, bytes, a "
+                             "ModelProto or a Model")
+    return model
+
+
+class _Session(ort.InferenceSession):
+    """onnxruntime's session whose ``run`` failures (a Reshape that the feed's shape breaks, an op that fails on
+    these values) are :class:`~onnxcomp.errors.RunError`: one line naming the node, not onnxruntime's exception."""
+
+    def run(self, output_names, input_feed, run_options=None):
+        try:
+            return super().run(output_names, input_feed, run_options)
+        except UnicodeDecodeError:
+            raise RunError("onnxruntime failed running the model (its error message is not text)") from None
+        except Exception as e:
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise RunError(f"onnxruntime failed running the model: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _create(model: str | os.PathLike | onnx.ModelProto | Model, threads: int,
             optimize: bool) -> tuple[ort.InferenceSession, float]:
     """The session and the seconds spent decoding packed weights."""
+    model = _source(model)
     so = session_options(threads, optimize)
     decoded: list[ort.OrtValue] = []
     seconds = 0.0
@@ -119,19 +151,21 @@ def _create(model: str | os.PathLike | onnx.ModelProto | Model, threads: int,
         seconds = time.perf_counter() - start
     try:
         if isinstance(model, (str, os.PathLike)):
-            return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"]), seconds
+            return _Session(str(model), so, providers=["CPUExecutionProvider"]), seconds
         proto = model.to_proto() if isinstance(model, Model) else model
         if proto.ByteSize() > EXTERNAL_DATA_THRESHOLD:
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_proto(proto, Path(tmp) / "model.onnx", external_data=True)
-                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                sess = _Session(str(path), so, providers=["CPUExecutionProvider"])
         else:
-            sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            sess = _Session(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except UnicodeDecodeError:  # onnxruntime's message quoted bytes of a corrupt file that are not UTF-8
+        raise ModelLoadError("onnxruntime cannot load the model: it is corrupt (its error message quotes bytes "
+                             "that are not text)") from None
     except Exception as e:
         if not type(e).__module__.startswith("onnxruntime"):  # onnxruntime's Fail, NoSuchFile, InvalidGraph ...
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"onnxruntime cannot load the model: {first}") from None
+        raise ModelLoadError(f"onnxruntime cannot load the model: {_first_line(e)}") from None
     if decoded:
         sess._onnxcomp_decoded = decoded  # onnxruntime reads these buffers: they live as long as the session
     return sess, seconds

@@ -11,10 +11,11 @@ This module is not a pass: it is what every pass module of this package builds o
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from onnxcomp.errors import PassError
+from onnxcomp.errors import PassError, RecipeError
 from onnxcomp.ir.model import Model
 
 
@@ -41,6 +42,22 @@ class PassContext:
     calibration: Any = None  # onnxcomp.calibration.data.CalibrationData
     seed: int = 0
     progress: bool = False
+
+
+def check_number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                 open_min: bool = False, open_max: bool = False, integer: bool = False) -> None:
+    """Raise RecipeError unless ``value`` is a finite number (an integer with ``integer``) within the bounds."""
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if open_min else value >= minimum
+    if ok and maximum is not None:
+        ok = value < maximum if open_max else value <= maximum
+    if not ok:
+        lo = "" if minimum is None else f"{'>' if open_min else '>='} {minimum:g}"
+        hi = "" if maximum is None else f"{'<' if open_max else '<='} {maximum:g}"
+        bounds = " and ".join(b for b in (lo, hi) if b)
+        raise RecipeError(f"{name} must be {kind}{' ' + bounds if bounds else ''}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ Rules:
 2. Foldable chains are evaluated together in one onnxruntime session (graph optimisations off), so the values
    are exactly what onnxruntime would compute at run time.
 3. A folded output replaces the original only if it is not much larger than the constants it was computed from
-   (at most ``max_growth`` times, or at most ``small_bytes``): folding ``ConstantOfShape`` into a large zero
-   tensor would make the file bigger, not smaller.
+   and that folding frees (at most ``max_growth`` times, or at most ``small_bytes``): folding ``ConstantOfShape``
+   into a large zero tensor would make the file bigger, not smaller, and so would folding ``Transpose(W)`` where W
+   is also read elsewhere (the other branch of an If keeps W: a second copy would be added).
 4. A Constant node whose value is a tensor becomes an initializer of the same name.
 Folded nodes whose outputs are no longer used are removed.
 """
@@ -29,7 +30,7 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnxcomp.ir.graph_edit import detach, is_graph_output, is_standard, node_label, replace_uses
 from onnxcomp.ir.model import Model, lowest_ir_version
 from onnxcomp.ir.weights import constant_value
-from onnxcomp.passes.base import Pass, PassContext, PassResult
+from onnxcomp.passes.base import Pass, PassContext, PassResult, check_number
 from onnxcomp.runtime import session
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -39,7 +40,11 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 @dataclass(frozen=True)
 class FoldConstantsConfig:
     max_growth: float = 1.0  # a folded tensor may be at most this many times the bytes of its constant inputs
-    small_bytes: int = 1 << 16  # ... or at most this many bytes
+    small_bytes: int = 256  # ... or at most this many bytes (shape vectors, scalars: what analyses need constant)
+
+    def __post_init__(self) -> None:
+        check_number("max_growth", self.max_growth, minimum=0)
+        check_number("small_bytes", self.small_bytes, minimum=0, integer=True)
 
 
 class FoldConstants(Pass):
@@ -145,17 +150,23 @@ def _foldable(graph: gs.Graph, node: gs.Node, known: set[int]) -> bool:
 
 
 def _leaf_bytes(nodes: list[gs.Node]):
-    """bytes(tensor) -> total bytes of the constants a foldable tensor is computed from."""
+    """bytes(tensor) -> total bytes of the constants a foldable tensor is computed from that folding can free:
+    a constant also read outside this fold (by another node, or by a node in another graph: an If's other branch)
+    stays in the file, so it pays for nothing. Without this, ``Transpose(W)`` in both branches of an If folded
+    into two copies of W and the lossless cleanup doubled the file."""
+    inside = {id(n) for n in nodes}
     producer = {id(t): n for n in nodes for t in n.outputs}
 
-    def leaves(tensor: gs.Tensor, seen: set[int]) -> int:
+    def leaves(tensor: gs.Tensor, seen: set[int], top: bool = False) -> int:
         node = producer.get(id(tensor))
         if node is not None and node.op != "Constant":
             return sum(leaves(t, seen) for t in node.inputs if t.name)
         if id(tensor) in seen:
             return 0
         seen.add(id(tensor))
+        if not top and any(id(c) not in inside for c in tensor.outputs):
+            return 0  # read elsewhere too: it stays (a Constant node's own value, ``top``, becomes the initializer)
         value = constant_value(tensor)
         return 0 if value is None else value.nbytes
 
-    return lambda tensor: leaves(tensor, set())
+    return lambda tensor: leaves(tensor, set(), top=True)

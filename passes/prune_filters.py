@@ -44,7 +44,7 @@ from onnxcomp.ir.weights import constant_value
 from onnxcomp.measure.latency import benchmark
 from onnxcomp.numerics.obs import DAMP
 from onnxcomp.numerics.repair import fit_channel_map, refit_layer
-from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement
+from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement, check_number
 from onnxcomp.progress import Progress
 
 _BISECT_STEPS = 12
@@ -67,6 +67,7 @@ class FilterPruneConfig:
     damp: float = DAMP
 
     def __post_init__(self) -> None:
+        check_number("damp", self.damp, minimum=0, maximum=1, open_min=True, open_max=True)
         if self.criterion not in CRITERIA:
             raise RecipeError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         for name, v in [("ratio", self.ratio), ("flops", self.flops), ("max_ratio", self.max_ratio),
@@ -166,7 +167,10 @@ def _costs_and_shapes(model: Model, ctx: PassContext):
         for t in model.graph.inputs:
             if t.name in first:
                 declared = list(t.shape or [])
-                fixed = len(declared) and isinstance(declared[0], int) and declared[0] > 0
+                if not declared:  # a scalar (a sample rate, a threshold): no batch axis to set
+                    given[t.name] = tuple(np.shape(first[t.name]))
+                    continue
+                fixed = isinstance(declared[0], int) and declared[0] > 0
                 given[t.name] = (declared[0] if fixed else 1, *np.shape(first[t.name])[1:])
     return costs_and_shapes(model, shapes=given)
 

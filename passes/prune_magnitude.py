@@ -57,7 +57,7 @@ from onnxcomp.numerics.bit_allocation import Option, allocation_path, cheapest_f
 from onnxcomp.numerics.ncs import ncs_minimize
 from onnxcomp.numerics.obs import DAMP, Factors, pruning_flops
 from onnxcomp.numerics.retarget import layer_output_error, retarget_kept
-from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement
+from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement, check_number
 from onnxcomp.progress import Progress
 
 _SCAN = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -88,6 +88,8 @@ class MagnitudePruneConfig:
     start: Literal["scaled", "allocation"] = "scaled"  # auto: the search's warm start (module docstring, rule 2)
 
     def __post_init__(self) -> None:
+        check_number("damp", self.damp, minimum=0, maximum=1, open_min=True, open_max=True)
+        check_number("min_elements", self.min_elements, minimum=0, integer=True)
         for name, s in [("sparsity", self.sparsity), ("max_sparsity", self.max_sparsity),
                         *[(f"layer_sparsity[{k}]", v) for k, v in self.layer_sparsity.items()]]:
             if not 0.0 <= s < 1.0:
@@ -235,7 +237,9 @@ class PruneMagnitude(Pass):
         parts = [collect_hessians(model, pruner.layers, check) for _, check in splits]
         folds = []
         for i, (_, check) in enumerate(splits):
-            fitted = {name: pooled([p[name] for j, p in enumerate(parts) if j != i]) for name in parts[i]}
+            # with one fold only (fewer feeds than folds), the fit is the check set itself
+            fitted = {name: pooled([p[name] for j, p in enumerate(parts) if j != i] or [parts[i][name]])
+                      for name in parts[i]}
             hessians = centered_where_biased(fitted, pruner.biases)
             biases = [pruner.biases[name].name for name in hessians if name in pruner.biases]
             folds.append((hessians, WeightEvaluator(model, names + biases, check, bound)))

@@ -46,7 +46,7 @@ from onnxcomp.calibration.stats import RunningStats, collect_stats
 from onnxcomp.emit import onnx_standard, tensorrt
 from onnxcomp.emit.qdq import WEIGHTED, Entry, Inserter, Planner, QdqPlan
 from onnxcomp.emit.qdq import root as root_of
-from onnxcomp.errors import RecipeError
+from onnxcomp.errors import PassError, RecipeError
 from onnxcomp.ir.graph_edit import is_standard, node_label
 from onnxcomp.ir.model import Model
 from onnxcomp.ir.weights import values_of
@@ -55,6 +55,8 @@ from onnxcomp.passes.base import Pass, PassContext, PassResult, Requirement
 from onnxcomp.runtime import int8_pairs_saturate
 
 _CAPTURE_BYTES = 1 << 29  # captured activations of one batch held at once (512 MiB), else several passes
+_MAX_REPLANS = 8  # placements made again after unbounded ranges keep nodes float
+_RANGE_LIMIT = 1e30  # |min| or |max| beyond this is a mask constant (-inf, float-min, -1e38), not an activation
 # The targets' Q/DQ placement rules, each its emitter's.
 _PLACEMENT = {"onnxruntime": onnx_standard.place_qdq, "tensorrt": tensorrt.place_qdq}
 
@@ -116,18 +118,41 @@ class QuantizeActivations(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         cfg = self.config
         result = PassResult(modified=False)
-        kept = _kept_float(model.graph, cfg, result)
-        plan = _PLACEMENT[cfg.target](Planner(model, cfg.grid, cfg.target, kept, result.skipped))
+        stats: dict[str, RunningStats] = {}
+        unbounded: list[tuple[str, str]] = []  # (tensor, observed range) kept float
+        for _ in range(_MAX_REPLANS):
+            scratch = PassResult(modified=False)
+            kept = _kept_float(model.graph, cfg, scratch)
+            plan = _PLACEMENT[cfg.target](Planner(model, cfg.grid, cfg.target, kept, scratch.skipped))
+            roots = [e.tensor.name for e in plan.entries.values() if e.share is None]
+            missing = [r for r in roots if r not in stats]
+            if missing:
+                stats.update(collect_stats(model, missing, ctx.calibration, channels=False, bins=cfg.bins,
+                                           max_batch_bytes=_CAPTURE_BYTES))
+            bad = [r for r in roots if not _bounded(stats[r])]
+            if not bad:
+                break
+            # A range that is not finite (an attention mask's -inf or float-min) has no grid: the nodes that would
+            # quantize the tensor stay float, by their output names, and the placement is made again.
+            names = []
+            for r in bad:
+                unbounded.append((r, f"[{stats[r].min:.3g}, {stats[r].max:.3g}]"))
+                t = plan.entries[r].tensor
+                names += [n.outputs[0].name for n in (*t.inputs, *t.outputs) if n.outputs and n.outputs[0].name]
+            cfg = dataclasses.replace(cfg, keep_float=cfg.keep_float + tuple(_glob_escape(n) for n in names))
+        else:
+            raise PassError(f"pass '{self.name}': activation ranges stay unbounded after {_MAX_REPLANS} placements")
+        result.skipped += scratch.skipped
+        for tensor, observed in unbounded:
+            result.skipped.append((tensor, f"kept float: its calibration range {observed} is not finite (a mask's "
+                                           f"-inf or float-min?), so no 8-bit grid can hold it; its readers and "
+                                           "writer run in float"))
         if not plan.entries:
             result.summary = "no activation quantized"
             return result
-        roots = [e.tensor.name for e in plan.entries.values() if e.share is None]
-        stats = collect_stats(
-            model, roots, ctx.calibration, channels=False, bins=cfg.bins, max_batch_bytes=_CAPTURE_BYTES
-        )
         chosen = ""
         if cfg.method == "auto":
-            cfg, chosen = self._choose(model, ctx, stats)
+            cfg, chosen = self._choose(model, ctx, stats, cfg)
         Inserter(model, self._params(plan, stats, result, cfg), cfg.grid).apply(plan, result.records)
         result.modified = True
         biases = sum(1 for r in result.records if r["kind"] == "bias")
@@ -143,7 +168,7 @@ class QuantizeActivations(Pass):
         return result
 
     def _choose(self, model: Model, ctx: PassContext, stats: dict[str, RunningStats],
-                ) -> tuple[QuantizeActivationsConfig, str]:
+                config: QuantizeActivationsConfig) -> tuple[QuantizeActivationsConfig, str]:
         """``method: auto``: the range method whose Q/DQ model is closest to this pass's input on the calibration
         data (total output SQNR; the first of :data:`METHODS` among equals). Which method wins depends on the
         model (PP-OCRv4 cls: minmax; heavy-tailed activations: mse or percentile), so it is measured, once, on
@@ -151,7 +176,7 @@ class QuantizeActivations(Pass):
         reference = model.to_proto()
         scores = {}
         for method in METHODS:
-            cfg = dataclasses.replace(self.config, method=method)
+            cfg = dataclasses.replace(config, method=method)
             candidate, scratch = model.copy(), PassResult(modified=False)
             planner = Planner(candidate, cfg.grid, cfg.target, _kept_float(candidate.graph, cfg, scratch),
                               scratch.skipped)
@@ -161,7 +186,7 @@ class QuantizeActivations(Pass):
             scores[method] = sum(min(o.sqnr_db, 200.0) for o in report.outputs)
         best = max(METHODS, key=lambda m: (scores[m], -METHODS.index(m)))
         listed = ", ".join(f"{m} {scores[m]:.1f} dB" for m in METHODS)
-        return dataclasses.replace(self.config, method=best), f" chosen by output SQNR: {listed}"
+        return dataclasses.replace(config, method=best), f" chosen by output SQNR: {listed}"
 
     def _params(self, plan: QdqPlan, stats: dict[str, RunningStats], result: PassResult,
                 cfg: QuantizeActivationsConfig | None = None) -> dict[str, tuple]:
@@ -183,6 +208,17 @@ class QuantizeActivations(Pass):
                 params[entry.tensor.name] = params[root.tensor.name]
                 result.records.append({**_record(entry, params[root.tensor.name]), "shared_with": root.tensor.name})
         return params
+
+
+def _bounded(stats: RunningStats) -> bool:
+    """Whether a tensor's observed range can carry an 8-bit grid: finite, and not a mask's float-min."""
+    lo, hi = stats.min, stats.max
+    return bool(np.isfinite(lo) and np.isfinite(hi) and max(abs(lo), abs(hi)) < _RANGE_LIMIT)
+
+
+def _glob_escape(name: str) -> str:
+    """``name`` as a glob matching only itself (``keep_float`` patterns are fnmatch globs)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _record(entry: Entry, params: tuple) -> dict[str, Any]:

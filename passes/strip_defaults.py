@@ -76,8 +76,12 @@ def _drop_value_info(model: Model) -> int:
     """Rule 4: forget the dtype and shape of every intermediate variable (they are what is exported as
     value_info); the count of those that had one."""
     cleared = 0
-    for g in model.graphs():
-        boundary = {id(t) for t in list(g.inputs) + list(g.outputs)}
+    graphs = list(model.graphs())
+    # Every graph's inputs and outputs, not only its own: a subgraph lists the outer tensors it reads among its
+    # tensors, and those are the very objects of the outer graph (clearing the model input ``state`` from inside an
+    # If branch left it without a type, which onnxruntime refuses).
+    boundary = {id(t) for g in graphs for t in list(g.inputs) + list(g.outputs)}
+    for g in graphs:
         for tensor in g.tensors().values():
             if isinstance(tensor, gs.Variable) and id(tensor) not in boundary and (
                     tensor.dtype is not None or tensor.shape is not None):

@@ -151,7 +151,10 @@ def collect_hessians(
     ``folds`` > 1 (and at least as many feeds), each result also holds the statistics of ``folds`` contiguous runs
     of feeds in ``parts`` (the runs of :meth:`CalibrationData.folds`), from the same single pass over the data.
     """
-    todo = [w for w in weights if supports(w)]
+    # Layer inputs are captured as main-graph outputs: a layer inside an If/Loop body gets no Hessian (its callers
+    # then round to nearest, or keep their defaults), and neither does one whose input is not a named tensor.
+    main = {id(n) for n in model.graph.nodes}
+    todo = [w for w in weights if supports(w) and id(w.primary.node) in main]
     folds = len(data.fold_edges(folds)) - 1
     out: dict[str, LayerHessian] = {}
     chunk: list[Weight] = []

@@ -94,7 +94,8 @@ class RunningStats:
             )
             self.hist_range *= 2.0
         self.zeros += int(np.count_nonzero(a == 0))
-        idx = np.minimum((a / self.hist_range * self.bins).astype(np.int64), self.bins - 1)
+        with np.errstate(over="ignore"):  # bins of values near float32's limit: clipped before the cast
+            idx = np.minimum(a / self.hist_range * self.bins, self.bins - 1).astype(np.int64)
         # One bincount for both halves: negative values land in bins [bins, 2 bins).
         both = np.bincount(idx + np.where(x < 0, self.bins, 0), minlength=2 * self.bins)
         self.hist_pos += both[: self.bins]

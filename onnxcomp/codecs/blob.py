@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxcomp import limits
 from onnxcomp.codecs import huffman
 from onnxcomp.codecs.bitpack import packed_size
 from onnxcomp.codecs.csr import MAX_GAP_BITS
@@ -192,6 +193,10 @@ def _from_blob(data: bytes, name: str) -> EncodedWeight:
         offset += n
     enc = EncodedWeight(shape, dtype, meta, sections, name)
     _check_sections(enc)
+    # Before any output is allocated: a 1-entry codebook or a sparse blob can state a huge shape in a few bytes.
+    why = limits.expansion_refusal(len(data), math.prod(shape) * np.dtype(dtype).itemsize)
+    if why:
+        raise CodecError(f"shape {list(shape)}: {why}")
     return enc
 
 
@@ -257,7 +262,7 @@ def _check_meta(doc: Any) -> tuple[tuple[int, ...], str, dict[str, Any], list[tu
     if not isinstance(doc, dict):
         raise CodecError("the meta block is not a JSON object")
     shape, dtype, layout = doc.get("shape"), doc.get("dtype"), doc.get("sections")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < 1 << 63 for d in shape):  # ONNX dims: int64
         raise CodecError(f"invalid shape {shape!r}")
     if math.prod(shape) > MAX_ELEMENTS:
         raise CodecError(f"shape {shape} has more than {MAX_ELEMENTS} elements")

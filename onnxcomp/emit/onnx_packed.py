@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxcomp import limits
 from onnxcomp.codecs.stack import EncodedWeight, encode_weight, to_blob
 from onnxcomp.emit.lowering import take_weight_name
 from onnxcomp.ir.graph_edit import unique_name
@@ -39,6 +40,9 @@ def lower_packed(w: Weight, names: set[str], owner: dict[int, gs.Graph], parent:
     if enc.nbytes >= stored:
         kind = "float" if dtype.kind == "f" else str(dtype)
         return f"packed blob ({enc.nbytes:,} B, {enc.describe()}) is not smaller than the {kind} tensor"
+    why = limits.expansion_refusal(enc.nbytes, values.nbytes)
+    if why:  # readers refuse such blobs (a hostile one could claim any size): keep the tensor as it is
+        return f"not packed: {why}"
     blob = gs.Constant(unique_name(w.name + "_packed", names), to_blob(enc))
     attrs = {schema.DECODE_ATTR_SHAPE: list(enc.shape),
              schema.DECODE_ATTR_DTYPE: int(onnx.helper.np_dtype_to_tensor_dtype(values.dtype))}

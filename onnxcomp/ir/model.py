@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -23,8 +23,10 @@ import onnx.version_converter
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
-from onnxcomp.errors import ModelLoadError, OutputError
-from onnxcomp.ir.fileio import check_output_path, staged_dir
+from onnxcomp.errors import ModelLoadError
+from onnxcomp.ir.checks import check_model_proto
+from onnxcomp.ir.fileio import check_output_path, check_writes, staged_dir
+from onnxcomp.ir.proto import subgraphs, walk_tensors
 
 # graphsurgeon prints its warnings (e.g. about bfloat16 tensors) on stdout, where they would corrupt
 # `inspect --json`; onnxcomp reports what matters itself.
@@ -50,7 +52,7 @@ class Model:
     """A loaded model: ``graph`` (onnx-graphsurgeon) is what passes change; the rest is kept as read."""
 
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None, external_files: tuple[Path, ...] = ()):
-        _validate_structure(proto, path)
+        check_model_proto(proto, str(path) if path else "the model")  # densifies sparse tensors too
         self.path = path
         self.external_files = external_files  # the data files the model was read from: never overwritten
         self.graph: gs.Graph = gs.import_onnx(proto)
@@ -77,8 +79,11 @@ class Model:
             proto = onnx.ModelProto()
             proto.CopyFrom(source)
             return cls(proto)
-        if isinstance(source, bytes):
-            return cls(_parse(source, "<bytes>"))
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return cls(_parse(bytes(source), "<bytes>"))
+        if not isinstance(source, (str, os.PathLike)):
+            raise ModelLoadError(f"cannot load a model from a {type(source).__name__}: give a path, bytes, a "
+                                 "ModelProto or a Model")
         path = Path(source)
         if not path.exists():
             raise ModelLoadError(f"model file {path} does not exist")
@@ -148,7 +153,10 @@ class Model:
         proto = onnx.ModelProto()
         proto.CopyFrom(self._shell)
         proto.graph.CopyFrom(graph_proto)
-        proto.graph.doc_string = self._graph_doc
+        if self._graph_doc:  # an empty one set explicitly still costs its field in the file
+            proto.graph.doc_string = self._graph_doc
+        else:
+            proto.graph.ClearField("doc_string")
         for g_node, p_node in _pair_nodes(self.graph, proto.graph):
             extra = self._node_extras.get(id(g_node))
             if extra and extra[0] is g_node:
@@ -156,6 +164,7 @@ class Model:
                 del p_node.metadata_props[:]
                 p_node.metadata_props.extend(extra[2])
         _hoist_shared_initializers(proto.graph)
+        _drop_outer_value_info(proto.graph)
         self._restore_initializer_inputs(proto.graph)
         _add_missing_opsets(proto)
         proto.ir_version = lowest_ir_version(proto)
@@ -197,13 +206,24 @@ def save_proto(
     return path
 
 
-def check_output_files(path: str | os.PathLike, external_data: bool, protect: tuple[Path, ...]) -> Path:
-    """Check the output path, and with external data its ``.data`` file too, against the source files."""
+def check_output_files(path: str | os.PathLike, external_data: bool, protect: tuple[Path, ...],
+                       reports: bool = False, reads: Sequence[tuple[Path, str]] = ()) -> Path:
+    """Check the output path and every file written beside it (with external data its ``.data``, with ``reports``
+    its ``.report.json`` / ``.report.md``) against the source files and the other files the run ``reads``."""
     path = check_output_path(path, *protect)
-    data_path = path.parent / (path.name + ".data")
-    if external_data and any(data_path.resolve() == Path(p).resolve() for p in protect):
-        raise OutputError(f"writing {data_path} would replace the input model's external data file")
+    check_writes(output_files(path, external_data, reports),
+                 [*((p, "a file of the input model") for p in protect), *reads])
     return path
+
+
+def output_files(path: Path, external_data: bool, reports: bool) -> list[Path]:
+    """The files a run that writes the model ``path`` creates."""
+    files = [path]
+    if external_data:
+        files.append(path.parent / (path.name + ".data"))
+    if reports:
+        files += [path.parent / f"{path.name}.report.json", path.parent / f"{path.name}.report.md"]
+    return files
 
 
 def write_model(proto: onnx.ModelProto, path: Path, external_data: bool) -> None:
@@ -247,39 +267,6 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelLoadError(f"{where} is not a valid ONNX model (corrupt or truncated: {e})") from None
     return proto
-
-
-def _validate_structure(proto: onnx.ModelProto, path: Path | None) -> None:
-    """Cheap structural checks that catch non-ONNX and truncated files that protobuf happened to parse."""
-    where = str(path) if path else "the model"
-    if not proto.HasField("graph") or proto.ir_version <= 0:
-        raise ModelLoadError(f"{where} is not an ONNX model (no graph or IR version)")
-    if not len(proto.opset_import):
-        raise ModelLoadError(f"{where} is not a valid ONNX model (no opset_import)")
-    if not len(proto.graph.output):
-        raise ModelLoadError(f"{where} is not a valid ONNX model (the graph has no outputs)")
-    _check_defined(proto.graph, set(), where)
-
-
-def _check_defined(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
-    known = set(outer)
-    known.update(i.name for i in graph.input)
-    known.update(t.name for t in graph.initializer)
-    known.update(t.values.name for t in graph.sparse_initializer)
-    for node in graph.node:
-        known.update(node.output)
-    for node in graph.node:
-        for name in node.input:
-            if name and name not in known:
-                raise ModelLoadError(
-                    f"{where} is not a valid ONNX model: node {node.name or node.op_type!r} reads {name!r}, "
-                    "which nothing defines (truncated file or missing weights?)"
-                )
-        for sub in subgraphs(node):
-            _check_defined(sub, known, where)
-    for out in graph.output:
-        if out.name not in known:
-            raise ModelLoadError(f"{where} is not a valid ONNX model: graph output {out.name!r} is never produced")
 
 
 def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -349,24 +336,19 @@ def _hoist_shared_initializers(root: onnx.GraphProto) -> None:
         graphs[key].initializer.extend(tensors)
 
 
-def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
-    for attr in node.attribute:
-        yield from [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
-
-
-def walk_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor stored in a graph and its subgraphs: initializers, sparse ones, Constant-node values."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
+def _drop_outer_value_info(graph: onnx.GraphProto) -> None:
+    """graphsurgeon writes, into every subgraph, a value_info for each outer-scope tensor the subgraph reads (the
+    types are already in the outer graph): ~46 B per tensor and branch, which made lossless rewrites of If-heavy
+    models larger than their source. A subgraph keeps value_info only for the tensors it defines."""
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
         for sub in subgraphs(node):
-            yield from walk_tensors(sub)
+            own = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {o for n in sub.node
+                                                                                     for o in n.output}
+            kept = [vi for vi in sub.value_info if vi.name in own]
+            if len(kept) != len(sub.value_info):
+                del sub.value_info[:]
+                sub.value_info.extend(kept)
+            _drop_outer_value_info(sub)
 
 
 def _tensor_bytes(proto: onnx.ModelProto) -> int:

@@ -14,6 +14,7 @@ A :class:`FidelityBound` says what "good enough" means:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.calibration.data import CalibrationData
-from onnxcomp.errors import PassError
+from onnxcomp.errors import CalibrationError, PassError
 from onnxcomp.ir.model import Model
 from onnxcomp.runtime import session
 
@@ -53,6 +54,9 @@ class WeightEvaluator:
         self.session = session(proto)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.reference = [self.session.run(self.outputs, feed) for feed in data]
+        if _broken(self.reference):
+            raise CalibrationError("the model's outputs hold NaN or infinite values on the calibration data: it is "
+                                   "outside the range the model computes in (check its scale and preprocessing)")
         self.metric = self._resolve(bound.metric)
         if self.metric == "accuracy":
             self.reference_accuracy = self._accuracy(self.reference)
@@ -83,6 +87,8 @@ class WeightEvaluator:
         return self._drop(outs), self._distortion(outs)
 
     def _drop(self, outs: list[list[np.ndarray]]) -> float:
+        if _broken(outs):  # NaN/infinite outputs: infeasible whatever the metric (argmax and cosine would hide it)
+            return math.inf
         if self.metric == "accuracy":
             return self.reference_accuracy - self._accuracy(outs)
         if self.metric == "agreement":
@@ -105,6 +111,8 @@ class WeightEvaluator:
         return self._distortion(self._run(weights))
 
     def _distortion(self, outs: list[list[np.ndarray]]) -> float:
+        if _broken(outs):
+            return math.inf
         total = 0.0
         for i in range(len(self.outputs)):
             num = sum(float(np.sum((o[i].astype(np.float64) - r[i]) ** 2)) for o, r in zip(outs, self.reference))
@@ -121,3 +129,8 @@ class WeightEvaluator:
             correct += int((out[0].argmax(-1).reshape(labels.shape) == labels).sum())
             total += labels.size
         return correct / total
+
+
+def _broken(outs: list[list[np.ndarray]]) -> bool:
+    """Whether a candidate's float outputs hold NaN or infinite values (the reference's are checked finite)."""
+    return any(np.issubdtype(o.dtype, np.inexact) and not np.all(np.isfinite(o)) for feed in outs for o in feed)

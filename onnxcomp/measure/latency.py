@@ -59,7 +59,7 @@ def bench_feed(model_path: str, data: str | None = None, shapes: dict[str, list[
     """The first feed of ``data``, or seeded random inputs with symbolic dims from ``shapes`` (batch -> 1)."""
     model = Model.load(model_path)
     if data is not None:
-        return CalibrationData.from_source(data, model, batch_size=1).feeds[0]
+        return CalibrationData.from_source(data, model, batch_size=1, allow_constant=True).feeds[0]
     specs = input_specs(model)
     unknown = sorted(set(shapes or {}) - {s.name for s in specs})
     if unknown:

@@ -191,6 +191,8 @@ def _finite(x: Any) -> Any:
 
 
 def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist") and getattr(x, "size", 1) != 1:  # an array: .item() works on one element only
+        return x.tolist()
     if hasattr(x, "item"):
         return x.item()
     if hasattr(x, "tolist"):

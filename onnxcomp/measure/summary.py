@@ -20,8 +20,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxcomp.errors import CodecError
 from onnxcomp.ir.graph_edit import is_standard, node_label
-from onnxcomp.ir.model import Model, subgraphs, walk_tensors
+from onnxcomp.ir.model import Model
+from onnxcomp.ir.proto import subgraphs, walk_tensors
 from onnxcomp.ir.weights import stored_nbytes, values_of, weight_table
 from onnxcomp.kernels import reference, schema
 from onnxcomp.numerics import qscheme
@@ -162,8 +164,12 @@ def _encoded_rows(model: Model) -> list[LayerRow]:
 
 def _decoded(node: gs.Node) -> tuple[np.ndarray, list[gs.Constant], int | None] | None:
     """``(values, stored constants, bits)`` of an encoded weight produced by ``node``, or None."""
-    if node.domain == schema.DOMAIN and node.op == schema.DECODE_OP and isinstance(node.inputs[0], gs.Constant):
-        values = reference.decode_weight(node.inputs[0].values, name=node.outputs[0].name)
+    if node.domain == schema.DOMAIN and node.op == schema.DECODE_OP:
+        label = node.outputs[0].name if node.outputs else node.name
+        if len(node.inputs) != 1 or len(node.outputs) != 1 or not isinstance(node.inputs[0], gs.Constant):
+            raise CodecError(f"malformed packed weight {label!r}: a DecodeWeight node must read one constant uint8 "
+                             f"blob (it reads {[t.name for t in node.inputs]})")
+        values = reference.decode_weight(node.inputs[0].values, name=label)
         return values, [node.inputs[0]], _codebook_bits(values)
     if node.op == "Gather" and isinstance(node.inputs[0], gs.Constant):
         index = node.inputs[1]
