@@ -38,6 +38,14 @@ Rules:
    as a float16 initializer behind ``Cast``, under its own name; only when that saves more than the Cast node
    costs (``_CAST_BYTES``). Lossless, and standard ONNX (onnxruntime folds the Cast at load).
 
+7. ``sparse`` (speed, not size): a main-graph Conv/Gemm/MatMul whose kernel is used once becomes one of
+   onnxcomp's compute ops (``SparseConv``, ``SparseGemm``, ``CodebookGemm``, ``SparseCodebookGemm``, a following
+   Relu fused; :mod:`onnxcomp.emit.onnx_sparse`) only where that op is measured at least ``min_speedup`` times
+   faster than the dense node on this CPU, both alone at the layer's input shape (batch ``probe_batch``), with
+   onnxcomp's native library; the others stay dense (the reason and both timings are in ``skipped``). Each op
+   carries a model-local function with the dense equivalent, so the file also runs in stock onnxruntime.
+   Without the native library nothing is lowered (a note says why and how to get it).
+
 Each lowered weight gives a record: layer, weight, format, encoding, bytes before/after, bytes by section.
 """
 
@@ -48,30 +56,37 @@ from typing import Literal
 
 import numpy as np
 
+from onnxcomp.analysis.cost import tensor_shapes
 from onnxcomp.codecs.stack import dense_codebook, exactly_float16
+from onnxcomp.emit import onnx_sparse
 from onnxcomp.emit.lowering import graph_tree, lowering_refusal
 from onnxcomp.emit.onnx_packed import PACKED_CODES, lower_packed
 from onnxcomp.emit.onnx_standard import CAST_BYTES, lower_codebook, lower_half
-from onnxcomp.errors import RecipeError
+from onnxcomp.errors import PassError, RecipeError
 from onnxcomp.ir.graph_edit import is_standard, node_label, tensor_names
 from onnxcomp.ir.model import Model
-from onnxcomp.ir.weights import NARROW_INTS, Weight, dequantized_codes, weight_table
-from onnxcomp.passes.base import Pass, PassContext, PassResult
+from onnxcomp.ir.weights import NARROW_INTS, Weight, dequantized_codes, stored_nbytes, weight_table
+from onnxcomp.kernels import library
+from onnxcomp.passes.base import Pass, PassContext, PassResult, check_number
 
 _HALF_ROLES = ("weight", "bias")
 
 
 @dataclass(frozen=True)
 class PackConfig:
-    format: Literal["packed", "standard"] = "packed"
+    format: Literal["packed", "standard", "sparse"] = "packed"
     min_elements: int = 1024
     huffman: bool = True  # packed: allow Huffman coding of indices and gaps
     sparse: bool = True  # packed: allow the CSR relative-index format
     half: bool = True  # float parameters whose values are all exact float16s stored as float16 + Cast (rule 6)
+    probe_batch: int = 1  # sparse: the batch each layer is timed at, dense against its compute op (rule 7)
+    min_speedup: float = 1.05  # sparse: a layer becomes a compute op only when measured at least this much faster
 
     def __post_init__(self) -> None:
-        if self.format not in ("packed", "standard"):
-            raise RecipeError(f"format must be 'packed' or 'standard', got {self.format!r}")
+        if self.format not in ("packed", "standard", "sparse"):
+            raise RecipeError(f"format must be 'packed', 'standard' or 'sparse', got {self.format!r}")
+        check_number("probe_batch", self.probe_batch, minimum=1, integer=True)
+        check_number("min_speedup", self.min_speedup, minimum=0, open_min=True)
         if isinstance(self.min_elements, bool) or not isinstance(self.min_elements, int) or self.min_elements < 1:
             raise RecipeError(f"min_elements must be an integer >= 1, got {self.min_elements!r}")
 
@@ -86,7 +101,10 @@ class PackWeights(Pass):
         result = PassResult(modified=False)
         names = tensor_names(model.graphs())
         owner, parent = graph_tree(model)
-        todo = [(w, False) for w in weight_table(model) if w.role == "weight"]
+        if cfg.format == "sparse":
+            _lower_sparse_layers(model, cfg, names, result)
+            owner, parent = graph_tree(model)
+        todo = [] if cfg.format == "sparse" else [(w, False) for w in weight_table(model) if w.role == "weight"]
         if cfg.format == "packed":
             todo += [(w, True) for w in dequantized_codes(model)]
         for w, codes in todo:
@@ -112,6 +130,54 @@ class PackWeights(Pass):
         result.summary = (f"{len(result.records)} weights {cfg.format}: {before:,} B -> {after:,} B"
                           if result.records else f"no weight {cfg.format}")
         return result
+
+
+def _lower_sparse_layers(model: Model, cfg: PackConfig, names: set[str], result: PassResult) -> None:
+    """Rule 7: each Conv/Gemm/MatMul whose compute op measures faster on this CPU becomes that op."""
+    missing = library.absent_reason()
+    if missing is not None:
+        result.notes.append(f"format sparse: every layer stays dense: {missing}")
+        return
+    try:
+        shapes = tensor_shapes(model, batch=cfg.probe_batch)
+    except PassError as e:
+        result.notes.append(f"format sparse: every layer stays dense: no input shapes to time layers at ({e})")
+        return
+    for w in weight_table(model):
+        if w.role != "weight" or not w.uses or any(id(u.node) not in {id(n) for n in model.graph.nodes}
+                                                   for u in w.uses):
+            continue
+        node = w.primary.node
+        if node.op not in ("Conv", "Gemm", "MatMul") or w.primary.slot != 1:
+            continue
+        reason = _refusal(model, w, {id(n): model.graph for n in model.graph.nodes}, cfg.min_elements)
+        found = reason or (f"shared by {len(w.uses)} nodes" if w.shared else None) or onnx_sparse.candidate(
+            model.graph, node, w)
+        if isinstance(found, str):
+            result.skipped.append((w.name, f"stays dense: {found}"))
+            continue
+        if not library.provides(found.name):
+            result.skipped.append((w.name, f"stays dense: the native library has no {found.name} kernel"))
+            continue
+        shape = shapes.get(node.inputs[0].name)
+        if shape is None:
+            result.skipped.append((w.name, "stays dense: its input's shape is unknown"))
+            continue
+        dense_s, sparse_s = onnx_sparse.probe(found, tuple(shape), model.opset)
+        speedup = dense_s / max(sparse_s, 1e-12)
+        density = float(np.count_nonzero(found.matrix)) / max(found.matrix.size, 1)
+        timing = f"{found.name} {sparse_s * 1e3:.3f} ms vs dense {dense_s * 1e3:.3f} ms ({speedup:.2f}x)"
+        if speedup < cfg.min_speedup:
+            result.skipped.append((w.name, f"stays dense: {timing} at {1 - density:.0%} sparsity"))
+            continue
+        where, before = _where(w), int(w.array.nbytes)
+        arrays = onnx_sparse.operands(found, model.opset)
+        onnx_sparse.lower_sparse(model, model.graph, found, names)
+        after = sum(stored_nbytes(a.dtype, a.size) for a in arrays)
+        record = _record(where, before, "sparse", timing, {"operands": after})
+        record.update(sparsity=round(1 - density, 4), speedup=round(speedup, 2))
+        result.records.append(record)
+        result.modified = True
 
 
 def _refusal(model: Model, w: Weight, owner: dict, min_elements: int, codes: bool = False) -> str | None:

@@ -118,6 +118,20 @@ class Model:
         return {p.key: p.value for p in self._shell.metadata_props}
 
     @property
+    def functions(self) -> dict[tuple[str, str], onnx.FunctionProto]:
+        """The model-local functions by (domain, name) (a model-level field: kept in the shell)."""
+        return {(f.domain, f.name): f for f in self._shell.functions}
+
+    def add_function(self, function: onnx.FunctionProto) -> None:
+        """Add a model-local function, or replace the one of the same domain and name; the function's domain gets
+        an opset import when the model has none."""
+        kept = [f for f in self._shell.functions if (f.domain, f.name) != (function.domain, function.name)]
+        del self._shell.functions[:]
+        self._shell.functions.extend([*kept, function])
+        if function.domain not in self.opsets:
+            self._shell.opset_import.append(onnx.helper.make_opsetid(function.domain, 1))
+
+    @property
     def initializer_inputs(self) -> frozenset[str]:
         """Initializers the source also lists as graph inputs (overridable at run time: part of the interface)."""
         return frozenset(self._initializer_inputs)
