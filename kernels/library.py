@@ -18,11 +18,19 @@ REBUILD = ("reinstall with a C++17 compiler present (apt-get install g++) and ne
            "archive, or ONNXCOMP_ORT_INCLUDE pointing at onnxruntime's headers: pip install --force-reinstall .")
 
 
-@functools.lru_cache(maxsize=1)
+_refused: str | None = None  # onnxruntime's refusal of the library, once seen: then it counts as absent
+
+
 def library_path() -> Path | None:
-    """The built library's file, or None when the install built none (``ONNXCOMP_NO_NATIVE=1`` hides it)."""
-    if os.environ.get("ONNXCOMP_NO_NATIVE"):
+    """The built library's file, or None when the install built none or onnxruntime refused it
+    (``ONNXCOMP_NO_NATIVE=1`` hides it; read at every call, so that one run or test can turn it off)."""
+    if os.environ.get("ONNXCOMP_NO_NATIVE") or _refused is not None:
         return None
+    return _built()
+
+
+@functools.lru_cache(maxsize=1)
+def _built() -> Path | None:
     spec = importlib.util.find_spec("onnxcomp.kernels._native")
     return Path(spec.origin) if spec is not None and spec.origin else None
 
@@ -31,30 +39,39 @@ def absent_reason() -> str | None:
     """None when the library is there, else one line: what is missing and how to get it."""
     if os.environ.get("ONNXCOMP_NO_NATIVE"):
         return "onnxcomp's native kernels are off (ONNXCOMP_NO_NATIVE is set)"
+    if _refused is not None:
+        return f"onnxcomp's native kernels are off: onnxruntime refused the library ({_refused}); {REBUILD}"
     if library_path() is None:
         return f"onnxcomp's native kernels were not built at install time; {REBUILD}"
     return None
 
 
 def register(options) -> bool:
-    """Add the library to ``options`` (an ``onnxruntime.SessionOptions``); False when it is absent."""
+    """Add the library to ``options`` (an ``onnxruntime.SessionOptions``); False when it is absent or onnxruntime
+    refuses it (a library built against other headers): the caller then runs without it."""
+    global _refused
     path = library_path()
     if path is None:
         return False
-    options.register_custom_ops_library(str(path))
+    try:
+        options.register_custom_ops_library(str(path))
+    except Exception as e:  # onnxruntime's own exception types: Fail, InvalidArgument, ...
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        _refused = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return False
     return True
 
 
 _INPUT_TYPES = {"A": 1, "X": 1, "values": 1, "bias": 1, "codebook": 1, "indices": 6, "codes": 2}  # FLOAT, INT32, UINT8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def provides(op: str) -> bool:
     """Whether the library has a native kernel for the compute op ``op`` (kernels/schema.py): onnxruntime is asked
     to build a session holding only that op, with no function to fall back to."""
     if library_path() is None:
         return False
-    import onnx
     import onnxruntime as ort
     from onnx import helper
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from onnxcomp import api
 from onnxcomp.errors import OnnxcompError, PassError
+from onnxcomp.kernels import library, schema
 from onnxcomp.measure.latency import bench_feed, benchmark
 from onnxcomp.measure.report import dumps_json
 from onnxcomp.recipe import builtin_recipes
@@ -135,8 +136,11 @@ def bench(models: tuple[str, ...], data: str | None, shapes: tuple[str, ...], ro
           threads: int) -> None:
     """onnxruntime latency medians, runs interleaved, with speed-up against the first MODEL."""
     feed = bench_feed(models[0], data, _parse_shapes(shapes))
-    for path in models[1:]:  # a missing or broken model fails here, with its name, not mid-benchmark
-        api.load(path)
+    loaded = [api.load(path) for path in models]  # a missing or broken model fails here, not mid-benchmark
+    missing = library.absent_reason()
+    if missing and any(n.domain == schema.DOMAIN and n.op in schema.COMPUTE_OPS for m in loaded
+                       for g in m.graphs() for n in g.nodes):
+        click.echo(f"note: compute ops run their dense ONNX functions: {missing}", err=True)
     with tqdm(total=rounds, desc="bench", disable=None, file=sys.stderr, leave=False) as bar:
         rows = benchmark(list(models), feed, rounds, warmup, threads, progress=lambda _: bar.update(1))
     click.echo(f"{'model':<50} {'median ms':>10} {'p10':>9} {'p90':>9} {'speed-up':>9}")
