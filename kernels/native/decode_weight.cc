@@ -138,20 +138,6 @@ class DecodeWeightKernel {
   BlobDType dtype_ = BlobDType::kFloat32;
 };
 
-OrtStatus* to_status(const OrtApi* api, const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const Ort::Exception& x) {
-    return api->CreateStatus(x.GetOrtErrorCode(), x.what());
-  } catch (const std::bad_alloc&) {
-    return api->CreateStatus(ORT_FAIL, "DecodeWeight: out of memory");
-  } catch (const std::exception& x) {
-    return api->CreateStatus(ORT_FAIL, x.what());
-  } catch (...) {
-    return api->CreateStatus(ORT_FAIL, "DecodeWeight: unknown error");
-  }
-}
-
 // The output's type and shape from the attributes, so that graph tools and onnxruntime know them without the
 // blob. Missing or odd attributes leave the output as the graph declares it; the kernel reports disagreements.
 OrtStatus* ORT_API_CALL infer_output(const OrtCustomOp*, OrtShapeInferContext* ctx) {
@@ -191,31 +177,8 @@ OrtStatus* ORT_API_CALL infer_output(const OrtCustomOp*, OrtShapeInferContext* c
 }
 
 Ort::Custom::OrtLiteCustomOp* make_op() {
-  auto* op = new Ort::Custom::OrtLiteCustomOp("DecodeWeight", "CPUExecutionProvider", nullptr);
-  op->input_types_ = {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8};
-  op->output_types_ = {ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED};  // any tensor type: set by infer_output
-  op->GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-  op->GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-  // The V2 entry points return a status: a malformed blob becomes onnxruntime's error, never an exception
-  // crossing the C boundary.
-  op->CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
-                          void** kernel) -> OrtStatus* {
-    try {
-      *kernel = new DecodeWeightKernel(*api, info);
-      return nullptr;
-    } catch (...) {
-      return to_status(api, std::current_exception());
-    }
-  };
-  op->KernelComputeV2 = [](void* kernel, OrtKernelContext* context) -> OrtStatus* {
-    try {
-      static_cast<DecodeWeightKernel*>(kernel)->Compute(context);
-      return nullptr;
-    } catch (...) {
-      return to_status(&Ort::GetApi(), std::current_exception());
-    }
-  };
-  op->KernelDestroy = [](void* kernel) { delete static_cast<DecodeWeightKernel*>(kernel); };
+  auto* op = make_status_op<DecodeWeightKernel>("DecodeWeight", {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8},
+                                                {ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED});  // set by infer_output
   op->InferOutputShapeFn = infer_output;
   return op;
 }

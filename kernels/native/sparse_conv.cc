@@ -649,48 +649,10 @@ class SparseConvKernel {
   BufferPool inputs_, partials_;
 };
 
-OrtStatus* to_status(const OrtApi* api, const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const Ort::Exception& x) {
-    return api->CreateStatus(x.GetOrtErrorCode(), x.what());
-  } catch (const std::bad_alloc&) {
-    return api->CreateStatus(ORT_FAIL, "SparseConv: out of memory");
-  } catch (const std::exception& x) {
-    return api->CreateStatus(ORT_FAIL, x.what());
-  } catch (...) {
-    return api->CreateStatus(ORT_FAIL, "SparseConv: unknown error");
-  }
-}
-
 template <bool Relu>
 Ort::Custom::OrtLiteCustomOp* make_op() {
-  auto* op = new Ort::Custom::OrtLiteCustomOp(Relu ? "SparseConvRelu" : "SparseConv", "CPUExecutionProvider",
-                                              nullptr);
-  op->input_types_ = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
-                      ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-  op->output_types_ = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-  op->GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-  op->GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-  op->CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
-                          void** kernel) -> OrtStatus* {
-    try {
-      *kernel = new SparseConvKernel(*api, info, Relu);
-      return nullptr;
-    } catch (...) {
-      return to_status(api, std::current_exception());
-    }
-  };
-  op->KernelComputeV2 = [](void* kernel, OrtKernelContext* context) -> OrtStatus* {
-    try {
-      static_cast<SparseConvKernel*>(kernel)->Compute(context);
-      return nullptr;
-    } catch (...) {
-      return to_status(&Ort::GetApi(), std::current_exception());
-    }
-  };
-  op->KernelDestroy = [](void* kernel) { delete static_cast<SparseConvKernel*>(kernel); };
-  return op;
+  constexpr auto F = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, I = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+  return make_status_op<SparseConvKernel, Relu>(Relu ? "SparseConvRelu" : "SparseConv", {F, F, I, F}, {F});
 }
 
 const RegisterOp kRegisterConv(make_op<false>);
